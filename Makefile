@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up
+# everything it needs on a fresh Debian machine first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out/demo
+CONFIG ?= configs/quickstart.yaml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system venv demo test bench clean
+
+setup: system venv
+
+# ffmpeg/ffprobe for pydub and decoding, a Java 17 runtime for TorchServe
+system:
+	@need=""; \
+	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need="$$need ffmpeg"; \
+	jv=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1); \
+	[ -n "$$jv" ] && [ "$$jv" -ge 17 ] || need="$$need openjdk-17-jre-headless"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing:$$need"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/technogan run --config $(CONFIG) --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_segment.py
+
+clean:
+	rm -rf $(VENV) out mlruns mlflow.db model-store

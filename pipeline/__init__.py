@@ -1,0 +1,1 @@
+"""technogan pipeline stages: synth, scrape, segment, dataset, models, train, evaluate, audio."""

@@ -1,0 +1,58 @@
+"""The ``technogan`` console script: a thin argparse shell over the stage functions.
+
+Each command lives in its own module, which provides ``add_arguments(parser)`` and
+``main(args) -> int``. Adding a command is one line in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.errors import UserError
+
+# name, module, one-line help
+COMMANDS: list[tuple[str, str, str]] = [
+    ("synth", "pipeline.synth", "write synthetic techno tracks (the embedded default data)"),
+    ("segment", "pipeline.segment", "audio files -> 5 s log-mel shards + index"),
+    ("plot", "pipeline.plot", "plot a grid of real mels from a dataset"),
+    ("run", "pipeline.run", "the whole chain from a config preset (the main job)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="technogan",
+        description="Learn to generate techno: data, GAN training, evaluation and serving.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args._main(args) or 0)
+    except UserError as e:
+        print(f"technogan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"technogan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Typed configuration: the one mel config and the run config loaded from YAML presets.
+
+Every section is a pydantic model with ``extra="forbid"`` so a misspelt key fails at
+load time with its dotted path (``train.batch_sise: extra inputs are not permitted``)
+before any work starts. Each stage owns one section; the resolved config is saved
+with every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+from pipeline.fsutil import atomic_write_text
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or value is wrong; the message names the key and the file."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- mel
+
+
+class MelConfig(Section):
+    """The one mel configuration. Saved beside the dataset and inside every checkpoint.
+
+    Stored mels are log-mel power in dB relative to each clip's peak, floored at
+    ``-top_db`` and mapped linearly to [-1, 1] (0 dB -> 1, -top_db -> -1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_rate: int = Field(22050, ge=4000, le=192000)
+    clip_seconds: float = Field(5.0, gt=0.0, le=60.0)
+    n_fft: int = Field(2048, ge=64, le=16384)
+    hop_length: int = Field(512, ge=16, le=8192)
+    n_mels: int = Field(128, ge=8, le=512)
+    fmin: float = Field(0.0, ge=0.0)
+    fmax: Optional[float] = Field(None, gt=0.0, description="None means sample_rate / 2")
+    top_db: float = Field(80.0, gt=0.0, le=200.0, description="dB floor below the clip's peak")
+    power: float = Field(2.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MelConfig":
+        if self.fmax is not None and self.fmax > self.sample_rate / 2:
+            raise ValueError(f"fmax {self.fmax} exceeds Nyquist ({self.sample_rate / 2})")
+        if self.fmin >= self.f_max:
+            raise ValueError(f"fmin {self.fmin} must be below fmax {self.f_max}")
+        if self.hop_length > self.n_fft:
+            raise ValueError("hop_length must not exceed n_fft")
+        return self
+
+    @property
+    def f_max(self) -> float:
+        return float(self.fmax) if self.fmax is not None else self.sample_rate / 2
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def n_frames(self) -> int:
+        # librosa's centred STFT: one frame per hop plus the frame at t=0
+        return 1 + self.clip_samples // self.hop_length
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Stored (analysis) resolution of one clip: [n_mels, n_frames]."""
+        return (self.n_mels, self.n_frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MelConfig":
+        return _validate(cls, data, "mel_config")
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MelConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: mel config not found (is this a segmented dataset folder?)")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}: not valid JSON: {e}") from e
+        return _validate(cls, data, str(p))
+
+
+# ----------------------------------------------------------------------------- data stages
+
+
+class SynthConfig(Section):
+    """Synthetic techno, the embedded default data set."""
+
+    tracks: int = Field(32, ge=1, le=100000)
+    seconds: float = Field(90.0, ge=1.0, le=3600.0)
+    seed: int = 0
+    format: Literal["wav", "mp3", "flac", "ogg"] = "wav"
+    sample_rate: int = Field(44100, ge=8000, le=192000)
+    channels: Literal[1, 2] = 2
+
+
+class SegmentConfig(Section):
+    """Audio folder -> mel shards."""
+
+    workers: Optional[int] = Field(None, ge=1, le=512, description="None means all cores")
+    silence_dbfs: float = Field(-60.0, le=0.0, description="clips whose peak is below this are skipped")
+    batch_clips: int = Field(16, ge=1, le=1024, description="clips per mel batch (memory bound)")
+
+
+class DataConfig(Section):
+    """How the training set is drawn from the dataset."""
+
+    resolution: int = Field(64, description="model input size, a power of two")
+    max_samples: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+
+    @field_validator("resolution")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v < 8 or v > 1024 or v & (v - 1):
+            raise ValueError(f"must be a power of two between 8 and 1024, got {v}")
+        return v
+
+
+class ScrapeConfig(Section):
+    """YouTube playlists -> raw audio + manifest (``technogan scrape``): network manners and limits."""
+
+    backend: Literal["yt-dlp", "pytube"] = "yt-dlp"
+    retries: int = Field(4, ge=0, le=50, description="extra attempts per video after a transient error")
+    backoff_seconds: float = Field(2.0, ge=0.0, le=600.0, description="first backoff; doubles per attempt, full jitter")
+    backoff_max_seconds: float = Field(120.0, ge=0.0, le=3600.0, description="cap on one backoff sleep")
+    pause_seconds: float = Field(2.0, ge=0.0, le=600.0, description="pause between two downloads")
+    connect_timeout: float = Field(10.0, gt=0.0, le=600.0, description="seconds to open a connection")
+    read_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds without a byte before giving up")
+    chunk_bytes: int = Field(10 * 1024 * 1024, ge=0, description="HTTP Range request size; 0 = one request")
+    max_failure_share: float = Field(0.1, ge=0.0, le=1.0, description="exit non-zero above this share of failures")
+    min_duration: float = Field(120.0, ge=0.0, description="default per playlist: shorter videos are skipped (s)")
+    max_duration: float = Field(900.0, gt=0.0, description="default per playlist: longer videos are skipped (s)")
+    duration_tolerance: float = Field(0.1, ge=0.0, le=1.0, description="decoded vs listed duration, relative")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScrapeConfig":
+        if self.min_duration >= self.max_duration:
+            raise ValueError(f"min_duration {self.min_duration} must be below max_duration {self.max_duration}")
+        return self
+
+
+# ----------------------------------------------------------------------------- models, training, tracking
+
+
+class ModelConfig(Section):
+    """Hyperparameters of a GAN from the study (see pipeline.models.registry for the names).
+
+    Widths are the channel count of the generator's last hidden layer (``g_width``) and of
+    the critic's first layer (``d_width``); the other layers are multiples of them.
+    """
+
+    name: str = Field("dcgan1", description="registry name: dcgan1, dcgan2, wgan-wc, wgan-gp")
+    latent_dim: int = Field(100, ge=1, le=4096)
+    g_width: int = Field(64, ge=1, le=4096)
+    d_width: int = Field(64, ge=1, le=4096)
+    g_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="generator Dropout rate (DCGAN2, WGANs)")
+    d_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="discriminator/critic Dropout rate")
+    leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class StudyRunConfig(Section):
+    """One named run of the study (configs/study.yaml): a model trained E epochs on N clips."""
+
+    model: str
+    epochs: int = Field(ge=1)
+    max_samples: Optional[int] = Field(None, ge=1, description="capped at the dataset size")
+    description: str = ""
+
+
+class TrainConfig(Section):
+    """The training loop. Optimiser/loss fields left at null take the model's defaults
+    from the registry (e.g. WGAN-GP: Adam 1e-4, betas (0.5, 0.9), 5 critic steps, lambda 10)."""
+
+    dataset: Optional[str] = Field(None, description="mel dataset folder; null = <out_dir>/dataset")
+    out_dir: Optional[str] = Field(None, description="local checkpoints; null = <out_dir>/train")
+    epochs: int = Field(5, ge=1, le=100000)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many generator steps (total)")
+    batch_size: int = Field(64, ge=1, le=65536)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision (bfloat16 autocast) on CUDA only")
+    workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
+    cache_in_memory: bool = Field(True, description="resize the training set once and keep it in RAM")
+    optimizer: Optional[Literal["adam", "rmsprop"]] = None
+    lr: Optional[float] = Field(None, gt=0.0)
+    betas: Optional[tuple[float, float]] = None
+    n_critic: Optional[int] = Field(None, ge=1, le=100, description="critic steps per generator step")
+    clip_value: Optional[float] = Field(None, gt=0.0, description="WGAN-WC weight clipping bound")
+    gp_weight: Optional[float] = Field(None, ge=0.0, description="WGAN-GP penalty weight lambda")
+    checkpoint_every: int = Field(500, ge=1, description="generator steps between checkpoints")
+    sample_every: int = Field(500, ge=1, description="generator steps between sample grids")
+    n_samples: int = Field(16, ge=1, le=256, description="fixed latent batch drawn in sample grids")
+    max_abs_loss: float = Field(1e4, gt=0.0, description="a loss above this counts as exploding")
+    divergence_patience: int = Field(10, ge=1, description="consecutive exploding steps that stop the run")
+    progress: bool = True
+    prometheus_port: Optional[int] = Field(None, ge=0, le=65535)
+    pushgateway: Optional[str] = Field(None, description="host:port of a Prometheus Pushgateway")
+    runs: dict[str, StudyRunConfig] = Field(default_factory=dict, description="named runs (--run NAME)")
+
+
+class TrackingConfig(Section):
+    """MLflow. The URI is MLFLOW_TRACKING_URI, else ``uri``, else sqlite:///<cwd>/mlflow.db."""
+
+    uri: Optional[str] = None
+    experiment: str = "technogan"
+    request_timeout_s: float = Field(10.0, gt=0.0)
+    max_backoff_s: float = Field(30.0, gt=0.0, description="longest wait between retries")
+    start_timeout_s: float = Field(60.0, ge=0.0, description="how long to wait for the server at run start")
+    flush_timeout_s: float = Field(60.0, ge=0.0, description="how long to wait at the end before spooling")
+    spool_dir: Optional[str] = Field(None, description="unsent records; null = <cwd>/mlflow-spool")
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+class ServeConfig(Section):
+    """TorchServe: what ``technogan package`` bakes into the archive (the handler reads it
+    from there) and what ``technogan serve`` binds. See serving/ and the README's Serving."""
+
+    port: int = Field(8080, ge=1, le=65533, description="inference port; management is port+1, metrics port+2")
+    max_n: int = Field(64, ge=1, le=1024, description="most spectrograms one request may ask for")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="larger request bodies get a 400")
+    workers: int = Field(1, ge=1, le=64, description="TorchServe workers; each loads the model")
+    batch_size: int = Field(8, ge=1, le=256, description="requests TorchServe batches into one handler call")
+    max_batch_delay_ms: int = Field(5, ge=0, le=10000, description="how long a batch waits to fill up")
+    response_timeout_s: int = Field(120, ge=1, le=3600, description="a worker busier than this is restarted")
+    wav_gap_seconds: float = Field(0.5, ge=0.0, le=10.0, description="silence between clips of a wav with n > 1")
+    render_iterations: int = Field(16, ge=0, le=1000, description="Griffin-Lim iterations when serving wav")
+    json_decimals: int = Field(2, ge=0, le=8, description="dB decimals in json responses (npy is exact)")
+    torch_threads: Optional[int] = Field(None, ge=1, le=256, description="per worker; null = torch's default")
+
+
+# ----------------------------------------------------------------------------- run
+
+
+class RunConfig(Section):
+    """A whole run: every stage's section. Loaded from a preset in configs/."""
+
+    name: str = "quickstart"
+    out_dir: str = Field("out/quickstart", description="where `technogan run` writes everything")
+    mel: MelConfig = Field(default_factory=MelConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, self.to_yaml())
+
+
+def _format_error(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _validate(cls, data: Any, where: str):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, where)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML preset (or the embedded defaults when ``path`` is None), apply
+    dotted-key ``overrides`` (``{"data.max_samples": 100}``) and validate everything."""
+    data: dict[str, Any] = {}
+    where = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {key}: cannot override inside a non-mapping")
+        node[parts[-1]] = value
+    return _validate(RunConfig, data, where)

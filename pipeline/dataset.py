@@ -1,0 +1,113 @@
+"""The training set: a torch Dataset over the memory-mapped float16 shards of a
+segmented dataset (see ``pipeline.segment`` for the layout).
+
+Clips are stored at analysis resolution [n_mels, n_frames]; a model's resolution
+(64x64 by default, any power of two) is produced here by resizing at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.config import MelConfig
+from pipeline.errors import UserError
+from pipeline.mel import to_model_resolution
+from pipeline.segment import STORE_DTYPE
+
+log = logging.getLogger(__name__)
+
+
+def read_index(root: str | Path) -> list[dict]:
+    """The merged clip index of a dataset folder, one dict per clip."""
+    path = Path(root) / "index.jsonl"
+    if not path.is_file():
+        raise UserError(f"{root} has no index.jsonl: segment audio into it first "
+                        "(technogan segment --input AUDIO --out DIR), or merge shards (--merge)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MelDataset(Dataset):
+    """Clips of a segmented dataset as float32 tensors [1, R, R] in [-1, 1].
+
+    ``max_samples`` draws a deterministic subset (the same for the same seed and
+    dataset), as the study's 260k/60k/30k runs. ``with_labels`` also returns the
+    integer index of the clip's track (for in-project feature encoders).
+    """
+
+    def __init__(self, root: str | Path, resolution: int = 64, max_samples: int | None = None,
+                 seed: int = 0, with_labels: bool = False):
+        self.root = Path(root)
+        self.mel_config = MelConfig.load(self.root / "mel_config.json")
+        self.resolution = int(resolution)
+        if self.resolution < 8 or self.resolution & (self.resolution - 1):
+            raise UserError(f"resolution must be a power of two >= 8, got {resolution}")
+        self.with_labels = with_labels
+        rows = read_index(self.root)
+        if not rows:
+            raise UserError(f"{self.root} holds no clips (see its report.json for why)")
+        self.shards = sorted({r["shard"] for r in rows})
+        shard_no = {s: i for i, s in enumerate(self.shards)}
+        self.track_ids = sorted({r["track_id"] for r in rows})
+        track_no = {t: i for i, t in enumerate(self.track_ids)}
+        self._shard = np.array([shard_no[r["shard"]] for r in rows], dtype=np.int32)
+        self._row = np.array([r["row"] for r in rows], dtype=np.int64)
+        self._track = np.array([track_no[r["track_id"]] for r in rows], dtype=np.int64)
+        self.available = len(rows)
+        if max_samples is not None and max_samples < self.available:
+            rng = np.random.default_rng(seed)
+            self.indices = np.sort(rng.choice(self.available, size=max_samples, replace=False))
+        else:
+            if max_samples is not None and max_samples > self.available:
+                log.warning("max_samples %d exceeds the %d clips in %s: using all of them",
+                            max_samples, self.available, self.root)
+            self.indices = np.arange(self.available)
+        self._maps: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.track_ids)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Track index of every item, in item order."""
+        return self._track[self.indices]
+
+    def fingerprint(self) -> str:
+        """Content hash of the index: names the exact data a run trained on."""
+        return hashlib.sha256((self.root / "index.jsonl").read_bytes()).hexdigest()[:16]
+
+    def _map(self, shard: int) -> np.memmap:
+        # opened lazily, per process: DataLoader workers each get their own maps
+        m = self._maps.get(shard)
+        if m is None:
+            m = np.memmap(self.root / self.shards[shard], dtype=STORE_DTYPE, mode="r").reshape(
+                -1, *self.mel_config.shape)
+            self._maps[shard] = m
+        return m
+
+    def stored(self, i: int) -> torch.Tensor:
+        """Item ``i`` at analysis resolution: float32 [n_mels, n_frames] in [-1, 1]."""
+        j = self.indices[i]
+        return torch.from_numpy(np.asarray(self._map(self._shard[j])[self._row[j]], dtype=np.float32))
+
+    def __getitem__(self, i: int):
+        x = to_model_resolution(self.stored(i)[None], self.resolution)  # [1, R, R]
+        if self.with_labels:
+            return x, int(self._track[self.indices[i]])
+        return x
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_maps"] = {}  # memmaps are reopened in each worker
+        return state

@@ -1,0 +1,76 @@
+"""Pure mel functions: waveform clips -> normalised log-mel, dB <-> [-1, 1], resizing.
+
+All of them take the one ``MelConfig``; none keeps state besides a cached filterbank.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import librosa
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import MelConfig
+
+AMIN = 1e-10  # power floor before log, as librosa.power_to_db
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(cfg: MelConfig) -> np.ndarray:
+    """[n_mels, 1 + n_fft // 2] float32 Slaney-normalised filterbank (librosa's default)."""
+    return librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max
+    ).astype(np.float32)
+
+
+def log_mel(clips: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """Clips [K, clip_samples] float32 -> normalised log-mels [K, n_mels, n_frames] in [-1, 1].
+
+    dB are relative to each clip's own peak and floored at -top_db, so loudness
+    differences between tracks (mastering) do not dominate what a GAN learns.
+    """
+    clips = np.asarray(clips, dtype=np.float32)
+    if clips.ndim == 1:
+        clips = clips[None]
+    stft = librosa.stft(clips, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True)  # [K, F, T]
+    power = np.abs(stft).astype(np.float32, copy=False)
+    if cfg.power != 1.0:
+        power = power**cfg.power
+    mel = np.matmul(mel_filterbank(cfg), power)  # [K, M, T]
+    db = 10.0 * np.log10(np.maximum(mel, AMIN))
+    db -= db.max(axis=(-2, -1), keepdims=True)
+    np.maximum(db, -cfg.top_db, out=db)
+    return db_to_normalised(db, cfg)
+
+
+def db_to_normalised(db, cfg: MelConfig):
+    """dB relative to peak, in [-top_db, 0] -> [-1, 1]. Works on numpy arrays and tensors."""
+    return db / cfg.top_db * 2.0 + 1.0
+
+
+def normalised_to_db(x, cfg: MelConfig):
+    """[-1, 1] -> dB relative to peak, in [-top_db, 0]."""
+    return (x - 1.0) / 2.0 * cfg.top_db
+
+
+def resize(mels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize [..., H, W] mels to ``size``: antialiased when shrinking, bilinear when growing."""
+    if tuple(mels.shape[-2:]) == tuple(size):
+        return mels
+    lead = mels.shape[:-2]
+    x = mels.reshape(-1, 1, *mels.shape[-2:]).float()  # [B, 1, H, W]
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+    return y.reshape(*lead, *size)
+
+
+def to_model_resolution(mels: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Stored [..., n_mels, n_frames] -> model [..., R, R], clamped to [-1, 1]."""
+    return resize(mels, (resolution, resolution)).clamp_(-1.0, 1.0)
+
+
+def to_stored_resolution(mels: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Generated [..., R, R] -> stored [..., n_mels, n_frames], clamped to [-1, 1]."""
+    return resize(mels, cfg.shape).clamp_(-1.0, 1.0)

@@ -1,0 +1,202 @@
+"""The generators and discriminators/critics of the study, layer for layer as its figures.
+
+Every network is one ``nn.Sequential`` of leaf layers whose types, in order, are the
+rows of its figure (``Conv2d-1``, ``LeakyReLU-2``, ...); ``FIGURES`` holds those rows
+and the tests compare against them. Widths, dropout rates and the latent size are
+config (``ModelConfig``). The model resolution R (a power of two, 32..256) changes
+only the kernel of the first generator layer and of the last critic layer:
+
+* the generator's first ConvTranspose2d turns the latent [B, Z, 1, 1] into an
+  [R/2^k, R/2^k] map (kernel R/2^k, stride 1), then k stride-2 layers double it to R;
+* the critic's first convolutions halve R k times and its last Conv2d has kernel
+  R/2^k, stride 1, so it sees the whole remaining map and outputs one number.
+
+k is 4 for DCGAN1 (five generator/critic convolutions) and 3 for the others.
+
+Interfaces: a generator takes z of shape [B, latent_dim] (canonical) or
+[B, latent_dim, 1, 1] and returns [B, 1, R, R] in [-1, 1] (Tanh). A critic takes
+[B, 1, R, R] and returns [B]: a probability for the DCGANs (Sigmoid), an unbounded
+score for the WGANs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+
+MIN_RESOLUTION = 32
+MAX_RESOLUTION = 256
+
+# The figures of the study, row by row (layer type names without the index).
+FIGURES: dict[str, list[str]] = {
+    "figure1": ["Conv2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU", "Dropout", "Conv2d", "BatchNorm2d",
+                "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d", "Sigmoid"],
+    "figure2": ["ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "BatchNorm2d", "ReLU",
+                "ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "BatchNorm2d", "ReLU",
+                "ConvTranspose2d", "Tanh"],
+    "figure3": ["Conv2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU", "Dropout", "Conv2d", "BatchNorm2d",
+                "LeakyReLU", "Dropout", "Conv2d", "Sigmoid"],
+    "figure4": ["ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "BatchNorm2d", "ReLU", "Dropout",
+                "ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "Tanh"],
+    "figure5": ["Conv2d", "LeakyReLU", "Conv2d", "InstanceNorm2d", "LeakyReLU", "Dropout", "Conv2d",
+                "InstanceNorm2d", "LeakyReLU", "Dropout", "Conv2d"],
+    "figure6": ["ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "BatchNorm2d", "ReLU", "Dropout",
+                "ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "Tanh"],
+}
+
+
+def check_resolution(resolution: int, halvings: int = 4) -> int:
+    """The bottleneck side R / 2^halvings; raises UserError for an unsupported R."""
+    r = int(resolution)
+    if r < MIN_RESOLUTION or r > MAX_RESOLUTION or r & (r - 1):
+        raise UserError(
+            f"model resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {resolution}"
+        )
+    return r >> halvings
+
+
+def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
+    # kernel 4, stride 2, padding 1 doubles the side exactly: (H-1)*2 - 2 + 4 = 2H
+    return nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+
+
+def _down(cin: int, cout: int, bias: bool = False) -> nn.Conv2d:
+    # kernel 4, stride 2, padding 1 halves the side exactly
+    return nn.Conv2d(cin, cout, 4, 2, 1, bias=bias)
+
+
+class Generator(nn.Module):
+    """z [B, Z] or [B, Z, 1, 1] -> mel [B, 1, R, R] in [-1, 1]. ``net`` is the figure's sequence."""
+
+    def __init__(self, net: nn.Sequential, latent_dim: int, resolution: int):
+        super().__init__()
+        self.net = net
+        self.latent_dim = latent_dim
+        self.resolution = resolution
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]  # [B, Z] -> [B, Z, 1, 1]
+        return self.net(z)  # [B, 1, R, R]
+
+
+class Critic(nn.Module):
+    """mel [B, 1, R, R] -> [B] (probability for DCGANs, score for WGANs). ``net`` is the figure's sequence."""
+
+    def __init__(self, net: nn.Sequential, resolution: int):
+        super().__init__()
+        self.net = net
+        self.resolution = resolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).reshape(x.shape[0])  # [B, 1, 1, 1] -> [B]
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation (Radford et al.): conv weights N(0, 0.02), norm scales N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- DCGAN1 (Figures 1, 2)
+
+
+def dcgan1_discriminator(cfg: ModelConfig, resolution: int) -> Critic:
+    """Figure 1: four stride-2 convolutions (R -> R/16), a last conv over the R/16 map, Sigmoid."""
+    k = check_resolution(resolution, 4)
+    w, s = cfg.d_width, cfg.leaky_slope
+    net = nn.Sequential(
+        _down(1, w, bias=True), nn.LeakyReLU(s, inplace=True),                               # [B, w, R/2, R/2]
+        _down(w, 2 * w), nn.BatchNorm2d(2 * w), nn.LeakyReLU(s, inplace=True),
+        nn.Dropout(cfg.d_dropout),                                                           # [B, 2w, R/4, R/4]
+        _down(2 * w, 4 * w), nn.BatchNorm2d(4 * w), nn.LeakyReLU(s, inplace=True),           # [B, 4w, R/8, R/8]
+        _down(4 * w, 8 * w), nn.BatchNorm2d(8 * w), nn.LeakyReLU(s, inplace=True),           # [B, 8w, R/16, R/16]
+        nn.Conv2d(8 * w, 1, k, 1, 0, bias=False), nn.Sigmoid(),                               # [B, 1, 1, 1]
+    )
+    return Critic(net, resolution)
+
+
+def dcgan1_generator(cfg: ModelConfig, resolution: int) -> Generator:
+    """Figure 2: latent -> R/16 map, four stride-2 transposed convolutions up to R, Tanh."""
+    k = check_resolution(resolution, 4)
+    w, z = cfg.g_width, cfg.latent_dim
+    net = nn.Sequential(
+        nn.ConvTranspose2d(z, 8 * w, k, 1, 0, bias=False), nn.BatchNorm2d(8 * w), nn.ReLU(True),  # [B, 8w, R/16, R/16]
+        _up(8 * w, 4 * w), nn.BatchNorm2d(4 * w), nn.ReLU(True),                                 # [B, 4w, R/8, R/8]
+        _up(4 * w, 2 * w), nn.BatchNorm2d(2 * w), nn.ReLU(True),                                 # [B, 2w, R/4, R/4]
+        _up(2 * w, w), nn.BatchNorm2d(w), nn.ReLU(True),                                         # [B, w, R/2, R/2]
+        _up(w, 1), nn.Tanh(),                                                                    # [B, 1, R, R]
+    )
+    return Generator(net, z, resolution)
+
+
+# ----------------------------------------------------------------------------- DCGAN2 (Figures 3, 4), WGANs (5, 6)
+
+
+def _three_block_critic(cfg: ModelConfig, resolution: int, norm: type[nn.Module], sigmoid: bool) -> Critic:
+    """Figures 3 and 5: three stride-2 convolutions (R -> R/8), a last conv over the R/8 map."""
+    k = check_resolution(resolution, 3)
+    w, s = cfg.d_width, cfg.leaky_slope
+
+    def _norm(c: int) -> nn.Module:
+        # the WGAN-GP critic must not mix samples of a batch (the penalty is per sample),
+        # hence InstanceNorm there; affine so it has the same capacity as BatchNorm
+        return norm(c, affine=True) if norm is nn.InstanceNorm2d else norm(c)
+
+    layers: list[nn.Module] = [
+        _down(1, w, bias=True), nn.LeakyReLU(s, inplace=True),                               # [B, w, R/2, R/2]
+        _down(w, 2 * w), _norm(2 * w), nn.LeakyReLU(s, inplace=True), nn.Dropout(cfg.d_dropout),  # [B, 2w, R/4, R/4]
+        _down(2 * w, 4 * w), _norm(4 * w), nn.LeakyReLU(s, inplace=True), nn.Dropout(cfg.d_dropout),  # [B, 4w, R/8, R/8]
+        nn.Conv2d(4 * w, 1, k, 1, 0, bias=not sigmoid),                                        # [B, 1, 1, 1]
+    ]
+    if sigmoid:
+        layers.append(nn.Sigmoid())
+    return Critic(nn.Sequential(*layers), resolution)
+
+
+def _three_block_generator(cfg: ModelConfig, resolution: int) -> Generator:
+    """Figures 4 and 6: latent -> R/8 map, three stride-2 transposed convolutions up to R, Tanh."""
+    k = check_resolution(resolution, 3)
+    w, z = cfg.g_width, cfg.latent_dim
+    net = nn.Sequential(
+        nn.ConvTranspose2d(z, 4 * w, k, 1, 0, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(True),  # [B, 4w, R/8, R/8]
+        _up(4 * w, 2 * w), nn.BatchNorm2d(2 * w), nn.ReLU(True), nn.Dropout(cfg.g_dropout),      # [B, 2w, R/4, R/4]
+        _up(2 * w, w), nn.BatchNorm2d(w), nn.ReLU(True),                                         # [B, w, R/2, R/2]
+        _up(w, 1), nn.Tanh(),                                                                    # [B, 1, R, R]
+    )
+    return Generator(net, z, resolution)
+
+
+def dcgan2_discriminator(cfg: ModelConfig, resolution: int) -> Critic:
+    """Figure 3 (BatchNorm, Sigmoid)."""
+    return _three_block_critic(cfg, resolution, nn.BatchNorm2d, sigmoid=True)
+
+
+def dcgan2_generator(cfg: ModelConfig, resolution: int) -> Generator:
+    """Figure 4."""
+    return _three_block_generator(cfg, resolution)
+
+
+def wgan_critic(cfg: ModelConfig, resolution: int) -> Critic:
+    """Figure 5 (InstanceNorm, no Sigmoid: the critic outputs an unbounded score)."""
+    return _three_block_critic(cfg, resolution, nn.InstanceNorm2d, sigmoid=False)
+
+
+def wgan_generator(cfg: ModelConfig, resolution: int) -> Generator:
+    """Figure 6 (the same sequence as Figure 4)."""
+    return _three_block_generator(cfg, resolution)
+
+
+def layer_types(module: nn.Module) -> list[str]:
+    """Type names of the leaf layers in forward order, as the figures list them."""
+    net = module.net if hasattr(module, "net") else module
+    return [type(m).__name__ for m in net.modules() if not list(m.children())]

@@ -1,0 +1,211 @@
+"""The download path every backend ends in: stream to a temporary file, verify, rename.
+
+* ``HttpFetcher.fetch`` streams an ``AudioSource.url`` into a ``.tmp-`` file beside
+  the final one, with per-request (connect, read) timeouts. It asks for the body in
+  HTTP Range chunks (``chunk_bytes``; servers that ignore Range get one request), and
+  a retry after a dropped connection or a stall continues from the bytes already on
+  disk instead of starting over.
+* ``verify_audio`` checks the file really decodes (ffmpeg decodes the whole audio
+  stream, ``-xerror`` fails on the first corrupt frame), reads its duration with
+  ffprobe (``pydub.utils.mediainfo_json``) and compares it with the listed duration,
+  which catches bodies truncated by a lying server.
+* ``RetryPolicy`` is exponential backoff with full jitter, honouring Retry-After.
+
+Only a verified file is renamed to its final name, so a killed run never leaves a
+partial file where ``technogan segment`` would read it (it skips ``.tmp-`` names).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import requests
+
+from pipeline.config import ScrapeConfig
+from pipeline.scrape.backends import AudioSource, PermanentError, ScrapeError, TransientError, _http_error, _short
+
+log = logging.getLogger(__name__)
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_BLOCK = 1 << 16
+
+
+class VerifyError(TransientError):
+    """The downloaded bytes are not the audio they should be (corrupt, truncated):
+    the file is deleted and the download retried from scratch."""
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter; ``sleep`` and ``rng`` are injectable for tests."""
+
+    retries: int = 4
+    base: float = 2.0
+    cap: float = 120.0
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def from_config(cls, c: ScrapeConfig, rng: random.Random | None = None,
+                    sleep: Callable[[float], None] = time.sleep) -> "RetryPolicy":
+        return cls(retries=c.retries, base=c.backoff_seconds, cap=c.backoff_max_seconds,
+                   rng=rng or random.Random(), sleep=sleep)
+
+    def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        # full jitter: uniform in [0, base * 2^(attempt-1)] spreads retrying pods apart
+        d = self.rng.uniform(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        if retry_after is not None:
+            d = max(d, min(self.cap, retry_after))
+        return d
+
+    def call(self, fn: Callable[[], object], what: str) -> object:
+        """Run ``fn``, retrying TransientErrors; PermanentErrors and the last TransientError propagate."""
+        for attempt in range(1, self.retries + 2):
+            try:
+                return fn()
+            except TransientError as e:
+                if attempt > self.retries:
+                    raise
+                d = self.delay(attempt, e.retry_after)
+                log.info("%s: %s (%s); retry %d/%d in %.1f s", what, e.reason, _short(e, 120), attempt, self.retries, d)
+                self.sleep(d)
+        raise AssertionError("unreachable")
+
+
+def _retry_after(resp: requests.Response) -> Optional[float]:
+    v = resp.headers.get("Retry-After", "")
+    return float(v) if v.strip().isdigit() else None
+
+
+class HttpFetcher:
+    """Streams a URL to a file with timeouts and Range resumption. One ``fetch`` call is one
+    attempt; the caller's RetryPolicy decides whether to call again (the partial file stays)."""
+
+    def __init__(self, config: ScrapeConfig, session: requests.Session | None = None):
+        self.config = config
+        self.session = session or requests.Session()
+
+    def fetch(self, source: AudioSource, path: Path, progress: Callable[[int], None] | None = None) -> int:
+        """Download ``source.url`` into ``path``, continuing from its current size. Returns its final size."""
+        assert source.url is not None
+        timeout = (self.config.connect_timeout, self.config.read_timeout)
+        have = path.stat().st_size if path.exists() else 0
+        total = source.size
+        chunk = self.config.chunk_bytes
+        while total is None or have < total:
+            headers = dict(source.headers)
+            end = ""
+            if chunk:
+                last = have + chunk - 1
+                end = str(min(last, total - 1) if total is not None else last)
+            if have or end:
+                headers["Range"] = f"bytes={have}-{end}"
+            try:
+                resp = self.session.get(source.url, headers=headers, stream=True, timeout=timeout)
+            except requests.Timeout as e:
+                raise TransientError("timeout", _short(e)) from e
+            except requests.RequestException as e:
+                raise TransientError("connection", _short(e)) from e
+            with resp:
+                if resp.status_code == 416 and total is not None and have >= total:
+                    break
+                if resp.status_code >= 400:
+                    raise _http_error(resp.status_code, f"HTTP {resp.status_code} for {source.url}", _retry_after(resp))
+                if resp.status_code == 206:
+                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if not m or int(m.group(1)) != have:
+                        raise TransientError("bad_range", f"asked from byte {have}, got Content-Range "
+                                                          f"{resp.headers.get('Content-Range')!r}")
+                    if m.group(3) != "*":
+                        total = int(m.group(3))
+                    mode = "ab"
+                else:
+                    # 200: the server sent the whole body from byte 0 (no Range support)
+                    have, mode = 0, "wb"
+                expected = resp.headers.get("Content-Length")
+                got = 0
+                try:
+                    with open(path, mode) as f:
+                        for block in resp.iter_content(_BLOCK):
+                            f.write(block)
+                            got += len(block)
+                            if progress:
+                                progress(len(block))
+                except requests.Timeout as e:  # stalled mid-body: keep what we have, resume later
+                    raise TransientError("timeout", _short(e)) from e
+                except (requests.RequestException, ConnectionError) as e:
+                    # requests reports a read timeout inside the body as a ConnectionError
+                    reason = "timeout" if "timed out" in str(e).lower() else "connection"
+                    raise TransientError(reason, _short(e)) from e
+                if expected is not None and got < int(expected):
+                    raise TransientError("truncated", f"body ended after {got} of {expected} bytes")
+                have += got
+                if resp.status_code == 200:
+                    total = have if total is None or total == have else total
+                    if total != have:
+                        raise TransientError("truncated", f"got {have} bytes, expected {total}")
+                    break
+                if got == 0:
+                    raise TransientError("empty_body", f"no bytes at offset {have}")
+        return have
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class AudioCheck:
+    duration: float
+    codec: str
+
+
+def _ffmpeg() -> str:
+    from pydub.utils import get_encoder_name
+
+    return get_encoder_name()
+
+
+def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float) -> AudioCheck:
+    """Raise VerifyError unless ``path`` fully decodes and its duration matches the listing."""
+    from pydub.utils import mediainfo_json
+
+    try:
+        info = mediainfo_json(str(path))
+    except Exception as e:
+        raise VerifyError("corrupt", f"ffprobe cannot read it: {_short(e)}") from e
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    if not streams:
+        raise VerifyError("corrupt", "ffprobe finds no audio stream")
+    try:
+        duration = float(info.get("format", {}).get("duration") or streams[0].get("duration"))
+    except (TypeError, ValueError):
+        raise VerifyError("corrupt", "ffprobe reports no duration") from None
+    # ffprobe only reads headers; a full decode finds corrupt frames in the middle
+    r = subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise VerifyError("corrupt", f"ffmpeg cannot decode it: {_short(r.stderr or r.returncode, 200)}")
+    if listed_duration:
+        allowed = max(2.0, tolerance * listed_duration)
+        if abs(duration - listed_duration) > allowed:
+            raise VerifyError("duration_mismatch",
+                              f"decodes to {duration:.1f} s but the listing says {listed_duration:.1f} s")
+    return AudioCheck(duration=duration, codec=str(streams[0].get("codec_name", "")))
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+__all__ = ["AudioCheck", "HttpFetcher", "PermanentError", "RetryPolicy", "ScrapeError", "TransientError",
+           "VerifyError", "fsync_file", "verify_audio"]

@@ -1,0 +1,485 @@
+"""Turn a folder of audio files into a dataset of 5 s log-mel spectrograms.
+
+Every audio file under the input folder is decoded by ffmpeg to mono at the mel
+config's sample rate, streamed in clip-sized blocks (memory stays bounded whatever
+the file length), cut into non-overlapping clips (the remainder is dropped), and
+each non-silent clip becomes a normalised log-mel [n_mels, n_frames] stored as
+float16.
+
+Dataset layout (``OUT``)::
+
+    mel_config.json        the one mel config the dataset was made with
+    shards/<track>.f16     raw float16 [clips, n_mels, n_frames], memory-mappable
+    parts/<track>.json     per-track record (its clips' index rows); present = done
+    failures/<key>.json    files that could not be used in the latest attempt, with why
+    index.jsonl            merged: one line per clip (track_id, source, sha256, clip,
+                           start_s, shard, row)
+    tracks.jsonl           merged: one line per track
+    report.json            merged summary: counts, skipped and failed files with reasons
+
+A track's id is the first 16 hex digits of its content's sha256, so a track done
+once is never redone (a restart after a kill resumes), the same audio under two
+names is stored once, and N shards writing into one folder never collide.
+Shards and parts are written to temp names and renamed, so a kill leaves nothing
+half written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.config import MelConfig, SegmentConfig, load_config
+from pipeline.errors import UserError
+from pipeline.fsutil import TMP_PREFIX, atomic_write_text, remove_stale_temps, sha256_file
+from pipeline.mel import log_mel
+from pipeline.shard import Shard, parse_shard
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac"})
+STORE_DTYPE = np.float16
+TRUNCATION_TOLERANCE_S = 1.0
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    source: str  # path relative to the input folder
+    status: str  # done | already | duplicate | skipped | failed
+    reason: str = ""
+    track_id: str = ""
+    clips: int = 0
+    silent_clips: int = 0
+    decoded_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SegmentSummary:
+    files: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    failures: dict[str, str] = field(default_factory=dict)  # source -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # source -> reason
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    new_clips: int = 0
+    silent_clips: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    total_clips: int = 0  # in the merged dataset (when merged)
+    total_tracks: int = 0
+
+    def add(self, r: FileResult) -> None:
+        self.files += 1
+        self.by_status[r.status] += 1
+        if r.status == "failed":
+            self.failures[r.source] = r.reason
+        elif r.status in ("skipped", "duplicate"):
+            self.skipped[r.source] = r.reason
+        if r.warnings:
+            self.warnings[r.source] = r.warnings
+        self.new_clips += r.clips if r.status == "done" else 0
+        self.silent_clips += r.silent_clips if r.status in ("done", "skipped") else 0
+        self.audio_seconds += r.decoded_seconds
+
+    def render(self) -> str:
+        rate = self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        lines = [
+            f"files: {self.files} ({', '.join(f'{k} {v}' for k, v in sorted(self.by_status.items())) or 'none'})",
+            f"clips written: {self.new_clips}; silent clips skipped: {self.silent_clips}",
+            f"audio decoded: {self.audio_seconds / 3600:.3f} h in {self.wall_seconds:.1f} s "
+            f"({rate:.0f} s of audio per second)",
+        ]
+        if self.total_tracks:
+            lines.append(f"dataset: {self.total_tracks} tracks, {self.total_clips} clips")
+        for title, items in (("skipped", self.skipped), ("failed", self.failures)):
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines += [f"  {src}: {why}" for src, why in sorted(items.items())]
+        if self.warnings:
+            lines.append(f"warnings ({len(self.warnings)}):")
+            lines += [f"  {src}: {'; '.join(w)}" for src, w in sorted(self.warnings.items())]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def find_audio_files(root: Path) -> list[Path]:
+    """Audio files under ``root``, sorted, skipping hidden and temp files."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.startswith(TMP_PREFIX):
+                continue
+            if Path(name).suffix.lower() in AUDIO_EXTENSIONS:
+                files.append(Path(dirpath) / name)
+    return files
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def probe(path: Path) -> dict:
+    """ffprobe (through pydub) the first audio stream: codec, channels, rate, duration."""
+    from pydub.utils import mediainfo_json
+
+    try:
+        info = mediainfo_json(str(path), read_ahead_limit=-1)
+    except Exception as e:  # pydub raises bare exceptions/JSON errors on garbage
+        raise ValueError(f"not readable audio ({type(e).__name__}: {e})") from None
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    if not streams:
+        raise ValueError("not audio: ffprobe found no audio stream")
+    s = streams[0]
+    duration = s.get("duration") or info.get("format", {}).get("duration")
+    try:
+        duration = float(duration)
+    except (TypeError, ValueError):
+        duration = float("nan")
+    return {
+        "codec": s.get("codec_name", "?"),
+        "channels": int(s.get("channels") or 0),
+        "sample_rate": int(s.get("sample_rate") or 0),
+        "declared_seconds": duration,
+    }
+
+
+class ClipStream:
+    """Decode a file with ffmpeg to mono float32 at ``cfg.sample_rate`` and iterate over
+    batches of whole clips [K, clip_samples]; the trailing partial clip is dropped.
+
+    After iteration: ``samples`` decoded in total and ``error`` (ffmpeg's last
+    complaint when it exited non-zero, else "").
+    """
+
+    def __init__(self, path: Path, cfg: MelConfig, batch_clips: int):
+        self.path, self.cfg, self.batch_clips = path, cfg, batch_clips
+        self.samples = 0
+        self.error = ""
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        from pydub.utils import get_encoder_name
+
+        cmd = [get_encoder_name(), "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:a:0",
+               "-ac", "1", "-ar", str(self.cfg.sample_rate), "-f", "f32le", "-"]
+        n = self.cfg.clip_samples
+        block = n * 4 * self.batch_clips
+        # stderr to a file, not a pipe: a file full of errors must not block ffmpeg
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+            try:
+                pending = b""
+                while chunk := proc.stdout.read(block - len(pending)):
+                    pending += chunk
+                    self.samples += len(chunk) // 4
+                    if len(pending) == block:
+                        yield np.frombuffer(pending, dtype="<f4").reshape(self.batch_clips, n)
+                        pending = b""
+                whole = len(pending) // (4 * n)
+                if whole:
+                    yield np.frombuffer(pending[: whole * 4 * n], dtype="<f4").reshape(whole, n)
+            finally:
+                proc.stdout.close()
+                rc = proc.wait()
+            if rc != 0:
+                err.seek(0)
+                lines = [ln.strip() for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+                self.error = f"ffmpeg exited with {rc}" + (f": {lines[-1]}" if lines else "")
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+def _track_id(sha: str) -> str:
+    return sha[:16]
+
+
+def _failure_key(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:16]
+
+
+def process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: SegmentConfig) -> FileResult:
+    """Decode, cut, mel and store one file. Never raises for a bad file: the result says why."""
+    try:
+        return _process_file(path, source, out, cfg, seg)
+    except FileNotFoundError:
+        return FileResult(source, "failed", "vanished: the file disappeared while being processed")
+    except PermissionError as e:
+        return FileResult(source, "failed", f"permission denied: {e.strerror or e}")
+    except IsADirectoryError:
+        return FileResult(source, "failed", "is a directory")
+    except OSError as e:
+        return FileResult(source, "failed", f"I/O error: {e}")
+
+
+def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: SegmentConfig) -> FileResult:
+    size = path.stat().st_size
+    if size == 0:
+        return FileResult(source, "failed", "empty file (0 bytes)")
+    sha = sha256_file(path)
+    tid = _track_id(sha)
+    part_path = out / "parts" / f"{tid}.json"
+    if part_path.exists():
+        done = json.loads(part_path.read_text())
+        if done.get("source") != source:
+            return FileResult(source, "duplicate", f"same audio as {done.get('source')}", tid)
+        return FileResult(source, "already", "", tid)
+
+    try:
+        info = probe(path)
+    except ValueError as e:
+        if not path.exists():
+            raise FileNotFoundError(path) from None
+        return FileResult(source, "failed", str(e), tid)
+
+    shard_rel = f"shards/{tid}.f16"
+    stream = ClipStream(path, cfg, seg.batch_clips)
+    clips = silent = decoded = 0
+    rows = []
+    peak_floor = 10.0 ** (seg.silence_dbfs / 20.0)
+    # the shard is written under a temp name and renamed only when complete
+    tmp_shard = out / "shards" / f"{TMP_PREFIX}{tid}.{os.getpid()}.f16"
+    try:
+        with open(tmp_shard, "wb") as fh:
+            for batch in stream:  # [K, clip_samples]
+                keep = np.abs(batch).max(axis=1) >= peak_floor
+                for k in np.flatnonzero(keep):
+                    no = decoded + int(k)
+                    rows.append({"clip": no, "start_s": round(no * cfg.clip_seconds, 3), "row": len(rows)})
+                if keep.any():
+                    fh.write(log_mel(batch[keep], cfg).astype(STORE_DTYPE).tobytes())  # [K', M, T]
+                clips += int(keep.sum())
+                silent += int((~keep).sum())
+                decoded += len(batch)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if clips:
+            os.replace(tmp_shard, out / shard_rel)
+    finally:
+        tmp_shard.unlink(missing_ok=True)
+
+    decoded_s = stream.samples / cfg.sample_rate
+    warnings = []
+    if stream.error:
+        if decoded == 0 and stream.samples == 0:
+            return FileResult(source, "failed", f"decode error: {stream.error}", tid)
+        warnings.append(f"decode error after {decoded_s:.1f} s, kept what decoded: {stream.error}")
+    declared = info["declared_seconds"]
+    if np.isfinite(declared) and declared - decoded_s > TRUNCATION_TOLERANCE_S:
+        warnings.append(f"truncated: decoded {decoded_s:.1f} s of {declared:.1f} s declared")
+    if decoded == 0:
+        # too short is a property of the content: recorded as done so it is not retried
+        status, reason = "skipped", f"too short: {decoded_s:.1f} s < one {cfg.clip_seconds:g} s clip"
+    elif clips == 0:
+        status, reason = "skipped", f"all {silent} clips silent (peak below {seg.silence_dbfs:g} dBFS)"
+    else:
+        status, reason = "done", ""
+    # the part file is the commit record: written only after the shard is in place
+    record = {
+        "track_id": tid, "source": source, "sha256": sha, "bytes": size, "status": status, "reason": reason,
+        "shard": shard_rel if clips else None, "clips": clips, "silent_clips": silent,
+        "decoded_seconds": round(decoded_s, 3), **info, "warnings": warnings, "rows": rows,
+    }
+    atomic_write_text(part_path, json.dumps(record) + "\n")
+    return FileResult(source, status, reason, tid, clips, silent, decoded_s, warnings)
+
+
+def _process_file_safe(path: Path, source: str, out: Path, cfg: MelConfig, seg: SegmentConfig) -> FileResult:
+    """process_file, plus the failure record that makes a bad file visible until it is fixed."""
+    result = process_file(path, source, out, cfg, seg)
+    fail_path = out / "failures" / f"{_failure_key(source)}.json"
+    if result.status == "failed":
+        atomic_write_text(fail_path, json.dumps({"source": source, "reason": result.reason,
+                                                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    else:
+        fail_path.unlink(missing_ok=True)
+    return result
+
+
+# ----------------------------------------------------------------------------- batch
+
+
+def _worker_init() -> None:
+    # one BLAS thread per worker process: the parallelism is across files
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def _worker(task: tuple) -> FileResult:
+    return _process_file_safe(*task)
+
+
+def segment(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    mel_config: MelConfig | None = None,
+    seg_config: SegmentConfig | None = None,
+    shard: Shard | None = None,
+    progress: bool = True,
+) -> SegmentSummary:
+    """Segment every audio file under ``input_dir`` (this shard's slice) into ``out_dir``.
+
+    Unsharded runs also merge the index; sharded runs leave that to ``merge``.
+    Raises UserError for a missing or empty input folder or a mel config clash.
+    """
+    cfg = mel_config or MelConfig()
+    seg = seg_config or SegmentConfig()
+    shard = shard or Shard()
+    src, out = Path(input_dir), Path(out_dir)
+    if not src.is_dir():
+        raise UserError(f"input folder {src} does not exist or is not a folder")
+    files = find_audio_files(src)
+    if not files:
+        raise UserError(f"no audio files under {src} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
+    _prepare_out(out, cfg)
+    tasks = [(p, p.relative_to(src).as_posix(), out, cfg, seg) for p in files]
+    tasks = [t for t in tasks if shard.owns(t[1])]
+    workers = min(seg.workers or os.cpu_count() or 1, max(1, len(tasks)))
+    log.info("segmenting %d files (shard %s) from %s into %s with %d workers", len(tasks), shard, src, out, workers)
+
+    summary = SegmentSummary()
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(tasks), desc=f"segment {shard}", unit="file", disable=not progress)
+    for result in _run_tasks(tasks, workers):
+        summary.add(result)
+        bar.update(1)
+        bar.set_postfix(clips=summary.new_clips, failed=summary.by_status["failed"], refresh=False)
+    bar.close()
+    summary.wall_seconds = time.perf_counter() - t0
+    if shard.count == 1:
+        merged = merge(out)
+        summary.total_clips, summary.total_tracks = merged["clips"], merged["tracks"]
+    return summary
+
+
+def _run_tasks(tasks: list[tuple], workers: int) -> Iterable[FileResult]:
+    if workers <= 1:
+        for t in tasks:
+            yield _worker(t)
+        return
+    # warm librosa up once (filterbank, numba, FFT plans) so forked workers inherit it
+    log_mel(np.zeros((1, tasks[0][3].clip_samples), np.float32), tasks[0][3])
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
+        yield from pool.imap_unordered(_worker, tasks, chunksize=1)
+
+
+def _prepare_out(out: Path, cfg: MelConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("shards", "parts", "failures"):
+        (out / sub).mkdir(exist_ok=True)
+    cfg_path = out / "mel_config.json"
+    if cfg_path.exists():
+        existing = MelConfig.load(cfg_path)
+        if existing != cfg:
+            diff = {k: (v, getattr(cfg, k)) for k, v in existing.to_dict().items() if getattr(cfg, k) != v}
+            raise UserError(f"{out} holds a dataset made with another mel config (differs in: "
+                            + ", ".join(f"{k} {a} != {b}" for k, (a, b) in diff.items()) + "); use a new --out")
+    else:
+        cfg.save(cfg_path)
+    removed = remove_stale_temps(out / "shards") + remove_stale_temps(out / "parts")
+    if removed:
+        log.info("removed %d partial files left by an interrupted run", removed)
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def merge(out_dir: str | Path) -> dict:
+    """Join all per-track parts (from any number of shards) into ``index.jsonl``,
+    ``tracks.jsonl`` and ``report.json``. Deterministic: ordered by source path."""
+    out = Path(out_dir)
+    if not (out / "mel_config.json").is_file():
+        raise UserError(f"{out} is not a segmented dataset (no mel_config.json)")
+    parts = []
+    for p in sorted((out / "parts").glob("*.json")):
+        parts.append(json.loads(p.read_text()))
+    parts.sort(key=lambda r: (r["source"], r["track_id"]))
+    index_lines, track_lines = [], []
+    skipped = {}
+    for r in parts:
+        rows = r.pop("rows")
+        track_lines.append(json.dumps(r, sort_keys=True))
+        if r["status"] != "done":
+            skipped[r["source"]] = r["reason"]
+        for row in rows:
+            index_lines.append(json.dumps({
+                "track_id": r["track_id"], "source": r["source"], "sha256": r["sha256"], "clip": row["clip"],
+                "start_s": row["start_s"], "shard": r["shard"], "row": row["row"],
+            }, sort_keys=True))
+    failures = {}
+    for p in sorted((out / "failures").glob("*.json")):
+        f = json.loads(p.read_text())
+        failures[f["source"]] = f["reason"]
+    atomic_write_text(out / "index.jsonl", "".join(line + "\n" for line in index_lines))
+    atomic_write_text(out / "tracks.jsonl", "".join(line + "\n" for line in track_lines))
+    report = {
+        "tracks": sum(1 for r in parts if r["clips"] > 0),
+        "clips": len(index_lines),
+        "silent_clips": sum(r["silent_clips"] for r in parts),
+        "audio_hours": round(sum(r["decoded_seconds"] for r in parts) / 3600, 4),
+        "skipped": skipped,
+        "failed": failures,
+        "warnings": {r["source"]: r["warnings"] for r in parts if r.get("warnings")},
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", help="folder of audio files (searched recursively)")
+    p.add_argument("--out", required=True, help="dataset folder")
+    p.add_argument("--config", help="YAML preset whose mel/segment sections to use (default: built-in)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    p.add_argument("--silence-dbfs", type=float, help="skip clips whose peak is below this (default -60)")
+    p.add_argument("--shard", help="I/N: process one slice (default: JOB_COMPLETION_INDEX / TECHNOGAN_SHARD_COUNT)")
+    p.add_argument("--merge", action="store_true", help="only join the shards' parts into one index")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.merge:
+        report = merge(args.out)
+        print(f"merged {args.out}: {report['tracks']} tracks, {report['clips']} clips, "
+              f"{len(report['skipped'])} skipped, {len(report['failed'])} failed files")
+        return 0
+    if not args.input:
+        raise UserError("--input is required (or --merge)")
+    cfg = load_config(args.config, {"segment.workers": args.workers, "segment.silence_dbfs": args.silence_dbfs})
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    summary = segment(args.input, args.out, cfg.mel, cfg.segment, shard, progress=not args.no_progress)
+    print(summary.render())
+    if shard.count > 1:
+        print(f"shard {shard} done; after all shards: technogan segment --merge --out {args.out}")
+    processed = sum(summary.by_status[s] for s in ("done", "already", "duplicate", "skipped"))
+    if processed == 0:
+        print("nothing could be processed", flush=True)
+        return 1
+    return 0

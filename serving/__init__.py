@@ -1,0 +1,1 @@
+"""Serving the champion generator: TorchServe handler, .mar packaging, local server, client."""

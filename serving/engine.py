@@ -1,0 +1,168 @@
+"""The work behind one prediction, without TorchServe: latents -> mels -> response bodies.
+
+``Engine`` holds a loaded generator, its mel config and a renderer. The handler
+calls it for every batch; ``benchmarks/bench_serve.py`` calls the very same methods
+in-process to measure what TorchServe adds on top.
+
+Shapes: a generator maps latents ``[B, latent_dim]`` to normalised mels
+``[B, 1, R, R]`` in [-1, 1] at the model resolution R; every response is made at
+the stored (analysis) resolution of the mel config, ``[n, n_mels, n_frames]``,
+because that is what the mel config's time and frequency axes describe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import MelConfig
+from pipeline.mel import normalised_to_db, to_stored_resolution
+from serving.request import GenerationRequest
+
+# Largest seed the handler draws itself: exact in a JSON number for any client (2^53).
+MAX_DRAWN_SEED = 2**53
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The ``serve`` config values the handler needs; stored in the archive's description."""
+
+    max_n: int = 64
+    max_body_bytes: int = 1 << 20
+    wav_gap_seconds: float = 0.5
+    render_iterations: int = 16
+    json_decimals: int = 2
+    torch_threads: Optional[int] = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServeSettings":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def latents_for_seed(seed: int, n: int, latent_dim: int) -> torch.Tensor:
+    """The latents a seed stands for: ``n`` standard normal rows [n, latent_dim].
+
+    Drawn from a private generator so the answer depends on the seed alone (not on
+    what else is in the batch), and row i is the same for any n > i.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(n, latent_dim, generator=gen)  # [n, latent_dim]
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent per stage of one batch (for the handler's metrics)."""
+
+    generate_ms: float = 0.0
+    render_ms: float = 0.0
+    plot_ms: float = 0.0
+    encode_ms: float = 0.0
+    clips: int = 0
+
+
+class Engine:
+    """A generator ready to serve: ``generate`` mels and ``encode`` them per format."""
+
+    def __init__(self, generator: nn.Module, meta: dict[str, Any], settings: ServeSettings,
+                 device: torch.device | str = "cpu"):
+        from pipeline.audio import MelRenderer
+
+        self.generator = generator.eval()
+        self.meta = meta
+        self.settings = settings
+        self.device = torch.device(device)
+        self.mel_config = MelConfig.from_dict(meta["mel_config"])
+        self.latent_dim = int(meta["latent_dim"])
+        self.resolution = int(meta["resolution"])
+        self.renderer = MelRenderer(self.mel_config, n_iter=settings.render_iterations, device=self.device)
+        self._seeds = np.random.default_rng()  # OS entropy: only for requests without a seed
+
+    # -- latents and mels
+
+    def draw_seed(self) -> int:
+        return int(self._seeds.integers(0, MAX_DRAWN_SEED))
+
+    def latents(self, request: GenerationRequest) -> tuple[torch.Tensor, Optional[int]]:
+        """(latents [n, latent_dim], the seed used or None when the client gave latents)."""
+        if request.latents is not None:
+            return torch.from_numpy(np.ascontiguousarray(request.latents)), None
+        seed = request.seed if request.seed is not None else self.draw_seed()
+        return latents_for_seed(seed, request.n, self.latent_dim), seed
+
+    @torch.inference_mode()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, latent_dim] -> normalised mels at stored resolution [B, n_mels, n_frames] (CPU)."""
+        if z.shape[0] == 0:
+            return torch.zeros(0, *self.mel_config.shape)
+        x = self.generator(z.to(self.device, torch.float32))  # [B, 1, R, R]
+        x = to_stored_resolution(x[:, 0].float(), self.mel_config)  # [B, M, T]
+        return x.cpu()
+
+    # -- response bodies, one per format
+
+    def encode(self, request: GenerationRequest, mels: torch.Tensor, seed: Optional[int],
+               timings: Optional[Timings] = None) -> bytes:
+        """Normalised mels [n, M, T] of one request -> the response body in its format."""
+        t0 = time.perf_counter()
+        body = ENCODERS[request.format](self, mels, seed)
+        if timings is not None:
+            ms = (time.perf_counter() - t0) * 1000.0
+            if request.format == "wav":
+                timings.render_ms += ms
+            elif request.format == "png":
+                timings.plot_ms += ms
+            else:
+                timings.encode_ms += ms
+        return body
+
+    def db(self, mels: torch.Tensor) -> np.ndarray:
+        """Normalised [n, M, T] -> dB relative to each clip's peak, float32 [n, M, T]."""
+        return normalised_to_db(mels.numpy().astype(np.float32, copy=False), self.mel_config).astype(np.float32)
+
+    def to_json(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        db = np.round(self.db(mels), self.settings.json_decimals)  # [n, M, T]
+        doc = {
+            "mels": db.tolist(),
+            "shape": list(db.shape),
+            "seed": seed,
+            "unit": "dB relative to each clip's peak",
+            "model": self.meta.get("model"),
+            "model_resolution": self.resolution,
+            "mel_config": self.mel_config.to_dict(),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    def to_npy(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, self.db(mels), allow_pickle=False)  # float32 [n, M, T] in dB
+        return buf.getvalue()
+
+    def to_png(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        from pipeline.plot import plot_mel_grid
+
+        n = mels.shape[0]
+        title = f"{n} generated mel spectrogram{'s' if n > 1 else ''}" + (f" (seed {seed})" if seed is not None else "")
+        return plot_mel_grid(mels.numpy(), self.mel_config, path=None, title=title)
+
+    def to_wav(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        from pipeline.audio import wav_bytes
+
+        audio = self.renderer.render(mels)  # [n, clip_samples]
+        return wav_bytes(audio, self.mel_config.sample_rate, gap_seconds=self.settings.wav_gap_seconds)
+
+
+# format -> encoder; adding a format is one entry here and one in serving.request.FORMATS
+ENCODERS = {
+    "json": Engine.to_json,
+    "npy": Engine.to_npy,
+    "png": Engine.to_png,
+    "wav": Engine.to_wav,
+}
