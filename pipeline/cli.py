@@ -16,8 +16,13 @@ from pipeline.errors import UserError
 # name, module, one-line help
 COMMANDS: list[tuple[str, str, str]] = [
     ("synth", "pipeline.synth", "write synthetic techno tracks (the embedded default data)"),
+    ("scrape", "pipeline.scrape.cli", "YouTube playlists -> raw audio + manifest.jsonl (sharded, resumable)"),
     ("segment", "pipeline.segment", "audio files -> 5 s log-mel shards + index"),
     ("plot", "pipeline.plot", "plot a grid of real mels from a dataset"),
+    ("models", "pipeline.models.summary", "print a model's layers as the study's figures (Conv2d-1, ...)"),
+    ("package", "serving.package", "build model-store/technogan.mar from the champion, a run or a checkpoint"),
+    ("serve", "serving.serve", "serve technogan.mar with TorchServe on 127.0.0.1 until Ctrl-C"),
+    ("train", "pipeline.train.cli", "train one GAN of the study on a mel dataset, tracked in MLflow"),
     ("run", "pipeline.run", "the whole chain from a config preset (the main job)"),
 ]
 

@@ -244,11 +244,51 @@ class ServeConfig(Section):
     workers: int = Field(1, ge=1, le=64, description="TorchServe workers; each loads the model")
     batch_size: int = Field(8, ge=1, le=256, description="requests TorchServe batches into one handler call")
     max_batch_delay_ms: int = Field(5, ge=0, le=10000, description="how long a batch waits to fill up")
+    queue_size: int = Field(1000, ge=1, le=100000, description="requests TorchServe queues before it answers 503")
     response_timeout_s: int = Field(120, ge=1, le=3600, description="a worker busier than this is restarted")
     wav_gap_seconds: float = Field(0.5, ge=0.0, le=10.0, description="silence between clips of a wav with n > 1")
     render_iterations: int = Field(16, ge=0, le=1000, description="Griffin-Lim iterations when serving wav")
     json_decimals: int = Field(2, ge=0, le=8, description="dB decimals in json responses (npy is exact)")
     torch_threads: Optional[int] = Field(None, ge=1, le=256, description="per worker; null = torch's default")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class EvaluateConfig(Section):
+    """Scoring runs (``technogan evaluate``), promoting the best (``technogan promote``)
+    and rendering audio from mels (``technogan generate``). See pipeline/evaluate/."""
+
+    n: int = Field(2048, ge=16, le=1_000_000, description="generated clips scored per checkpoint")
+    max_real: Optional[int] = Field(None, ge=16, description="cap on real clips used; null = the whole dataset")
+    seed: int = Field(0, description="latents, real halves, k-means and encoder initialisation")
+    batch_size: int = Field(256, ge=1, le=65536, description="clips per generator/encoder forward pass")
+    kmeans_k: int = Field(50, ge=2, le=10000, description="NDB/K bins (Richardson & Weiss use 50)")
+    kmeans_iters: int = Field(30, ge=1, le=1000)
+    ndb_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance of each bin's two-proportion test")
+    kid_subsets: int = Field(50, ge=1, le=10000, description="KID subsets (mean and std are reported)")
+    kid_subset_size: int = Field(1000, ge=2, description="capped at the smaller set's size")
+    beat_bpm: tuple[float, float] = Field((120.0, 150.0), description="tempo range of a techno beat")
+    tempo_search_bpm: tuple[float, float] = Field((80.0, 200.0), description="range the tempo is searched in")
+    beat_clarity: float = Field(0.3, gt=0.0, lt=1.0, description="onset autocorrelation at the beat period that counts as a beat")
+    encoder_epochs: int = Field(12, ge=1, le=1000, description="in-project feature encoder (track classifier)")
+    encoder_width: int = Field(32, ge=4, le=512)
+    encoder_embed_dim: int = Field(64, ge=4, le=2048)
+    encoder_lr: float = Field(2e-3, gt=0.0)
+    encoder_dir: Optional[str] = Field(None, description="encoder cache; null = <dataset>/encoders")
+    selection_metric: str = Field("eval.fd_learned", description="promote picks the best run by this key")
+    registry_model: str = Field("technogan-generator", description="MLflow registered model name")
+    champion_alias: str = "champion"
+    render_iterations: int = Field(32, ge=0, le=1000, description="Griffin-Lim iterations for WAV output")
+    render_mel_inverse: Literal["nnls", "pinv"] = "nnls"
+    demo_wavs: int = Field(4, ge=0, le=64, description="clips `technogan run` renders to WAV per champion")
+
+    @field_validator("beat_bpm", "tempo_search_bpm")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"must be (low, high) with 0 < low < high, got {v}")
+        return v
 
 
 # ----------------------------------------------------------------------------- run
@@ -268,6 +308,7 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

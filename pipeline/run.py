@@ -59,11 +59,41 @@ def step_plot(ctx: RunContext) -> None:
     ctx.outputs["training examples plot"] = str(path)
 
 
+def step_train(ctx: RunContext) -> None:
+    """Train every registered model briefly (the preset's train section); run ids go to
+    ``ctx.state["train_runs"]`` ({model name: MLflow run id}) for evaluation."""
+    from pipeline.models.registry import MODELS
+    from pipeline.train.loop import previous_result, train
+    from tracking.runs import tracking_uri
+
+    runs: dict[str, str] = {}
+    out = ctx.out / "train"
+    for name in MODELS:
+        config = ctx.config.model_copy(update={"model": ctx.config.model.model_copy(update={"name": name})})
+        done = previous_result(config, name, ctx.dataset_dir, out)
+        if done:
+            log.info("%s: already trained with this config (run %s); skipped", name, done["run_id"])
+            runs[name] = done["run_id"]
+            continue
+        result = train(config, dataset=ctx.dataset_dir, label=name, out_dir=out)
+        if result.status != "finished":
+            log.warning("%s %s: %s", name, result.status, result.reason)
+        if result.generator_path is not None:
+            runs[name] = result.run_id
+        ctx.outputs[f"{name} run"] = f"{result.run_id} ({result.status}, {result.step} steps)"
+    ctx.state["train_runs"] = runs
+    uri = tracking_uri(ctx.config.tracking.uri)
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+    ctx.outputs["MLflow UI"] = f"{ui}  (then http://127.0.0.1:5000, experiment {ctx.config.tracking.experiment})"
+    print(f"\nBrowse the training runs: {ui}")
+
+
 # The main job, in order. Later stages append their step here.
 STEPS: list[tuple[str, Callable[[RunContext], None]]] = [
     ("synth", step_synth),
     ("segment", step_segment),
     ("plot", step_plot),
+    ("train", step_train),
 ]
 
 

@@ -32,6 +32,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -136,6 +137,30 @@ def find_audio_files(root: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- decoding
 
 
+def _wav_declared_seconds(path: Path) -> float | None:
+    """Duration a RIFF/WAVE header declares (its data chunk size), or None if unclear."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = 0
+        while chunk := f.read(8):
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(size)
+                byte_rate = struct.unpack("<I", fmt[8:12])[0] if len(fmt) >= 12 else 0
+                f.seek(size % 2, 1)
+            elif cid == b"data":
+                return size / byte_rate if byte_rate and size < 0xFFFFFFFF else None
+            else:
+                f.seek(size + size % 2, 1)
+    return None
+
+
 def probe(path: Path) -> dict:
     """ffprobe (through pydub) the first audio stream: codec, channels, rate, duration."""
     from pydub.utils import mediainfo_json
@@ -153,12 +178,48 @@ def probe(path: Path) -> dict:
         duration = float(duration)
     except (TypeError, ValueError):
         duration = float("nan")
+    if info.get("format", {}).get("format_name") == "wav":
+        # ffprobe estimates a WAV's duration from its size; the header says what was meant
+        duration = _wav_declared_seconds(path) or duration
     return {
         "codec": s.get("codec_name", "?"),
         "channels": int(s.get("channels") or 0),
         "sample_rate": int(s.get("sample_rate") or 0),
         "declared_seconds": duration,
     }
+
+
+_CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "4.1": 5, "5.0": 5,
+                    "5.1": 6, "6.0": 6, "6.1": 7, "7.0": 7, "7.1": 8}
+
+
+def parse_ffmpeg_input(stderr: str) -> dict:
+    """Codec, channels, sample rate and declared duration of the first audio stream,
+    from ffmpeg's ``-v info`` description of its input."""
+    info = {"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": float("nan")}
+    if m := re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", stderr):
+        h, mi, sec = m.groups()
+        info["declared_seconds"] = int(h) * 3600 + int(mi) * 60 + float(sec)
+    if m := re.search(r"Stream #0:\d+.*?: Audio: ([^,\s]+)[^,]*, (\d+) Hz, ([^,]+)", stderr):
+        codec, rate, layout = m.groups()
+        layout = layout.strip().split("(")[0]
+        n = re.match(r"(\d+) channels", layout)
+        info.update(codec=codec, sample_rate=int(rate),
+                    channels=int(n.group(1)) if n else _CHANNEL_LAYOUTS.get(layout, 0))
+    return info
+
+
+_COMPLAINT = re.compile(r"could not|invalid|failed|error|no such|matches no streams|does not contain|unsupported",
+                        re.IGNORECASE)
+
+
+def _first_complaint(stderr: str) -> str:
+    """The first line of ffmpeg's stderr that says what is wrong, without the [demuxer @ 0x..] prefix."""
+    lines = [re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", ln.strip()) for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if _COMPLAINT.search(ln):
+            return ln
+    return lines[-1] if lines else "no message"
 
 
 class ClipStream:
@@ -173,12 +234,15 @@ class ClipStream:
         self.path, self.cfg, self.batch_clips = path, cfg, batch_clips
         self.samples = 0
         self.error = ""
+        self.info: dict = {}
 
     def __iter__(self) -> Iterator[np.ndarray]:
         from pydub.utils import get_encoder_name
 
-        cmd = [get_encoder_name(), "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:a:0",
-               "-ac", "1", "-ar", str(self.cfg.sample_rate), "-f", "f32le", "-"]
+        # -v info: ffmpeg describes the input (codec, rate, channels, duration) on stderr,
+        # which saves a separate ffprobe process per file
+        cmd = [get_encoder_name(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-i", str(self.path),
+               "-map", "0:a:0", "-ac", "1", "-ar", str(self.cfg.sample_rate), "-f", "f32le", "-"]
         n = self.cfg.clip_samples
         block = n * 4 * self.batch_clips
         # stderr to a file, not a pipe: a file full of errors must not block ffmpeg
@@ -198,10 +262,11 @@ class ClipStream:
             finally:
                 proc.stdout.close()
                 rc = proc.wait()
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")
+            self.info = parse_ffmpeg_input(text)
             if rc != 0:
-                err.seek(0)
-                lines = [ln.strip() for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-                self.error = f"ffmpeg exited with {rc}" + (f": {lines[-1]}" if lines else "")
+                self.error = f"ffmpeg exited with {rc}: {_first_complaint(text)}"
 
 
 # ----------------------------------------------------------------------------- one file
@@ -242,13 +307,6 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
             return FileResult(source, "duplicate", f"same audio as {done.get('source')}", tid)
         return FileResult(source, "already", "", tid)
 
-    try:
-        info = probe(path)
-    except ValueError as e:
-        if not path.exists():
-            raise FileNotFoundError(path) from None
-        return FileResult(source, "failed", str(e), tid)
-
     shard_rel = f"shards/{tid}.f16"
     stream = ClipStream(path, cfg, seg.batch_clips)
     clips = silent = decoded = 0
@@ -276,10 +334,17 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
         tmp_shard.unlink(missing_ok=True)
 
     decoded_s = stream.samples / cfg.sample_rate
+    info = stream.info
+    if path.suffix.lower() == ".wav":
+        # ffmpeg estimates a WAV's duration from its size; the header says what was meant
+        info["declared_seconds"] = _wav_declared_seconds(path) or info["declared_seconds"]
     warnings = []
     if stream.error:
-        if decoded == 0 and stream.samples == 0:
-            return FileResult(source, "failed", f"decode error: {stream.error}", tid)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        if stream.samples == 0:
+            what = "not audio" if info["sample_rate"] == 0 else "decode error"
+            return FileResult(source, "failed", f"{what}: {stream.error}", tid)
         warnings.append(f"decode error after {decoded_s:.1f} s, kept what decoded: {stream.error}")
     declared = info["declared_seconds"]
     if np.isfinite(declared) and declared - decoded_s > TRUNCATION_TOLERANCE_S:

@@ -12,12 +12,13 @@ The path from a (generated or real) normalised mel to a waveform:
 4. fast Griffin-Lim (Perraudin, Balazs & Sondergaard 2013: Griffin-Lim with a
    momentum term) to find a phase consistent with that magnitude.
 
-Why ``pinv`` is the default: on real clips the pseudo-inverse, clamped at zero,
-gives the same spectral convergence as projected-gradient NNLS within 0.01 while
-costing one matrix product instead of tens (``benchmarks/bench_audio.py``
-measures both; the numbers are in the README's Evaluation section). The
-magnitude detail NNLS recovers inside a mel band is below what Griffin-Lim's
-phase error leaves anyway.
+Why ``nnls`` is the default: measured on real (synthetic-techno) clips with 32
+Griffin-Lim iterations, the clamped pseudo-inverse leaves a spectral convergence
+of about 0.44 against the original audio, 30 steps of NNLS about 0.22 (100 steps
+0.13), at about a quarter more time: the pseudo-inverse smears each mel band's
+energy over its whole triangle with negative lobes clipped, NNLS puts it back on
+the partials that made it, and Griffin-Lim cannot recover what the magnitude
+lost. ``benchmarks/bench_audio.py`` prints both.
 
 Everything is batched over clips and runs on CPU or GPU (``device``).
 """
@@ -38,31 +39,39 @@ from pipeline.config import MelConfig
 from pipeline.fsutil import atomic_path
 from pipeline.mel import mel_filterbank, normalised_to_db, to_stored_resolution
 
-EPS = 1e-8  # |angle| guard in Griffin-Lim, as in librosa/torchaudio (complex64 precision)
-
 # ----------------------------------------------------------------------------- mel -> linear
+
+
+def _columns(mel_power: torch.Tensor) -> torch.Tensor:
+    # [B, M, T] -> [M, B*T]: one GEMM per product instead of a batched broadcast,
+    # which measured several times slower on CPU
+    return mel_power.permute(1, 0, 2).reshape(mel_power.shape[1], -1)
+
+
+def _uncolumns(x: torch.Tensor, batch: int) -> torch.Tensor:
+    return x.reshape(x.shape[0], batch, -1).permute(1, 0, 2)  # [F, B*T] -> [B, F, T]
 
 
 def _pinv(mel_power: torch.Tensor, fb: torch.Tensor, pinv_fb: torch.Tensor, steps: int) -> torch.Tensor:
     """Least-squares inverse of the filterbank, negatives clamped to zero."""
-    return torch.matmul(pinv_fb, mel_power).clamp_(min=0.0)  # [B, F, T]
+    return _uncolumns(torch.matmul(pinv_fb, _columns(mel_power)).clamp_(min=0.0), mel_power.shape[0])
 
 
 def _nnls(mel_power: torch.Tensor, fb: torch.Tensor, pinv_fb: torch.Tensor, steps: int) -> torch.Tensor:
     """Non-negative least squares min ||fb @ S - mel||^2, S >= 0, by accelerated projected
-    gradient (FISTA) started from the clamped pseudo-inverse. ``steps`` iterations."""
-    # step 1/L with L the Lipschitz constant of the gradient: largest eigenvalue of fb fb^T
-    lipschitz = float(torch.linalg.matrix_norm(fb, ord=2) ** 2)
-    x = torch.matmul(pinv_fb, mel_power).clamp_(min=0.0)  # [B, F, T]
-    y, t = x, 1.0
+    gradient (FISTA, Beck & Teboulle 2009) started from the clamped pseudo-inverse."""
+    m = _columns(mel_power)  # [M, B*T]
+    # step 1/L, L the Lipschitz constant of the gradient: the largest eigenvalue of fb^T fb
+    step = 1.0 / float(torch.linalg.matrix_norm(fb, ord=2) ** 2)
     fb_t = fb.T.contiguous()  # [F, M]
+    x = torch.matmul(pinv_fb, m).clamp_(min=0.0)  # [F, B*T]
+    y, t = x, 1.0
     for _ in range(steps):
-        grad = torch.matmul(fb_t, torch.matmul(fb, y) - mel_power)  # [B, F, T]
-        x_next = (y - grad / lipschitz).clamp_(min=0.0)
+        x_next = (y - step * torch.matmul(fb_t, torch.matmul(fb, y) - m)).clamp_(min=0.0)
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         y = x_next + ((t - 1.0) / t_next) * (x_next - x)
         x, t = x_next, t_next
-    return x
+    return _uncolumns(x, mel_power.shape[0])
 
 
 # name -> fn(mel_power [B, M, T], fb [M, F], pinv_fb [F, M], steps) -> linear power [B, F, T]
@@ -98,8 +107,8 @@ class MelRenderer:
         mel_config: MelConfig,
         n_iter: int = 32,
         momentum: float = 0.99,
-        mel_inverse: str = "pinv",
-        nnls_steps: int = 20,
+        mel_inverse: str = "nnls",
+        nnls_steps: int = 30,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
         peak: float = 0.89,
@@ -152,14 +161,18 @@ class MelRenderer:
         """Fast Griffin-Lim: STFT magnitude [B, F, T] -> audio [B, clip_samples] (not normalised)."""
         phase = torch.rand(magnitude.shape, generator=generator, device="cpu").to(self.device) * (2 * math.pi)
         angles = torch.polar(torch.ones_like(magnitude), phase)  # [B, F, T] unit complex
+        mag = magnitude.unsqueeze(-1)  # [B, F, T, 1] against the real view [B, F, T, 2]
         previous = None
         alpha = self.momentum / (1.0 + self.momentum)
         for _ in range(self.n_iter):
-            rebuilt = self._stft(self._istft(magnitude * angles))  # project onto consistent spectrograms
-            angles = rebuilt if previous is None or alpha == 0.0 else rebuilt - alpha * previous
-            angles = angles / (angles.abs() + EPS)
+            # project onto the consistent spectrograms, keep the phase, then extrapolate
+            rebuilt = self._stft(self._istft(_with_magnitude(angles, mag)))
+            if previous is not None and alpha:
+                angles = torch.sgn(torch.add(rebuilt, previous, alpha=-alpha))
+            else:
+                angles = torch.sgn(rebuilt)  # z / |z|: measured 2x faster than z / (|z| + eps)
             previous = rebuilt
-        return self._istft(magnitude * angles)
+        return self._istft(_with_magnitude(angles, mag))
 
     @torch.no_grad()
     def render(self, mels: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -180,6 +193,11 @@ class MelRenderer:
         if not out:
             return torch.zeros(0, self.cfg.clip_samples)
         return torch.cat(out)  # [B, clip_samples]
+
+
+def _with_magnitude(angles: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    # complex * real through the real view: several times faster than promoting mag to complex
+    return torch.view_as_complex(torch.view_as_real(angles) * mag)
 
 
 # ----------------------------------------------------------------------------- WAV

@@ -156,7 +156,8 @@ def _three_block_critic(cfg: ModelConfig, resolution: int, norm: type[nn.Module]
         _down(1, w, bias=True), nn.LeakyReLU(s, inplace=True),                               # [B, w, R/2, R/2]
         _down(w, 2 * w), _norm(2 * w), nn.LeakyReLU(s, inplace=True), nn.Dropout(cfg.d_dropout),  # [B, 2w, R/4, R/4]
         _down(2 * w, 4 * w), _norm(4 * w), nn.LeakyReLU(s, inplace=True), nn.Dropout(cfg.d_dropout),  # [B, 4w, R/8, R/8]
-        nn.Conv2d(4 * w, 1, k, 1, 0, bias=not sigmoid),                                        # [B, 1, 1, 1]
+        # no bias: it cancels in E f(x) - E f(G(z)), so a WGAN critic could never learn it
+        nn.Conv2d(4 * w, 1, k, 1, 0, bias=False),                                              # [B, 1, 1, 1]
     ]
     if sigmoid:
         layers.append(nn.Sigmoid())

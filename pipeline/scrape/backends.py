@@ -100,7 +100,7 @@ class Backend(Protocol):
 _MESSAGE_RULES: list[tuple[str, str, bool]] = [
     (r"private video|video is private", "private", True),
     (r"confirm your age|age[- ]restricted|inappropriate for some users|age check", "age_restricted", True),
-    (r"not available in your country|geo[- ]?restrict|region[- ]?block|blocked it in your country", "region_blocked", True),
+    (r"available in your country|geo[- ]?restrict|region[- ]?block|blocked it in your country", "region_blocked", True),
     (r"members[- ]only|join this channel", "members_only", True),
     (r"copyright", "removed", True),
     (r"terminated|removed|no longer available|does not exist|video unavailable|this video is unavailable", "removed", True),
@@ -174,7 +174,8 @@ class YtDlpBackend:
         except ScrapeError:
             raise
         except Exception as e:  # yt_dlp.utils.DownloadError / ExtractorError / network errors
-            if type(e).__name__ == "GeoRestrictedError" or type(getattr(e, "exc_info", [None, None])[1]).__name__ == "GeoRestrictedError":
+            cause = (getattr(e, "exc_info", None) or (None, None))[1]  # DownloadError wraps the extractor's
+            if "GeoRestrictedError" in (type(e).__name__, type(cause).__name__):
                 raise PermanentError("region_blocked", _short(e)) from e
             raise classify_message(_short(e)) from e
 

@@ -185,15 +185,17 @@ def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float)
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
     if not streams:
         raise VerifyError("corrupt", "ffprobe finds no audio stream")
-    try:
-        duration = float(info.get("format", {}).get("duration") or streams[0].get("duration"))
-    except (TypeError, ValueError):
-        raise VerifyError("corrupt", "ffprobe reports no duration") from None
-    # ffprobe only reads headers; a full decode finds corrupt frames in the middle
-    r = subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
-                       capture_output=True, text=True)
+    # ffprobe only reads headers (and an mp3's header still claims the full length when the
+    # body is cut short): decode everything, fail on the first corrupt frame, and take the
+    # duration from what was actually decoded
+    r = subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:a:0",
+                        "-f", "null", "-progress", "pipe:1", "-"], capture_output=True, text=True)
     if r.returncode != 0:
         raise VerifyError("corrupt", f"ffmpeg cannot decode it: {_short(r.stderr or r.returncode, 200)}")
+    times = re.findall(r"^out_time_us=(\d+)$", r.stdout, flags=re.M)
+    if not times:
+        raise VerifyError("corrupt", "ffmpeg decoded no audio")
+    duration = int(times[-1]) / 1e6
     if listed_duration:
         allowed = max(2.0, tolerance * listed_duration)
         if abs(duration - listed_duration) > allowed:

@@ -61,7 +61,11 @@ class ManifestWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            # a torn last line (power cut): end it, so the next record starts a line of its own
+            os.write(self._fd, b"\n")
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Stamp ``ts`` if missing, write the line, fsync; returns the record written."""

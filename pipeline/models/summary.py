@@ -1,0 +1,80 @@
+"""`technogan models --model NAME [--resolution N]`: each network's layers as the study's figures list them.
+
+    Layer (type)            Output Shape           Param #
+    Conv2d-1                [-1, 64, 32, 32]         1,088
+    LeakyReLU-2             [-1, 64, 32, 32]             0
+    ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig, load_config
+from pipeline.models.registry import MODELS, get_model
+
+
+def layer_table(module: nn.Module, example: torch.Tensor) -> list[tuple[str, list[int], int]]:
+    """[(``Type-i``, output shape with -1 for the batch, parameter count)] of every leaf layer, in forward order."""
+    net = module.net if hasattr(module, "net") else module
+    rows: list[tuple[str, list[int], int]] = []
+    hooks = []
+
+    def hook(m: nn.Module, _inp, out: torch.Tensor) -> None:
+        rows.append((f"{type(m).__name__}-{len(rows) + 1}", [-1, *out.shape[1:]],
+                     sum(p.numel() for p in m.parameters(recurse=False))))
+
+    for m in net.modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            module(example)
+        module.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def format_table(title: str, rows: list[tuple[str, list[int], int]]) -> str:
+    line = "-" * 64
+    out = [title, line, f"{'Layer (type)':>20}  {'Output Shape':>25}  {'Param #':>13}", "=" * 64]
+    for name, shape, n in rows:
+        out.append(f"{name:>20}  {str(shape):>25}  {n:>13,}")
+    total = sum(n for _, _, n in rows)
+    out += ["=" * 64, f"Total params: {total:,}", line]
+    return "\n".join(out)
+
+
+def summarize(name: str, model_cfg: ModelConfig, resolution: int) -> str:
+    """Both networks of model ``name`` at ``resolution``, as printable tables."""
+    spec = get_model(name)
+    g = spec.build_generator(model_cfg, resolution)
+    d = spec.build_critic(model_cfg, resolution)
+    z = torch.zeros(2, model_cfg.latent_dim)  # [B, Z]
+    x = torch.zeros(2, 1, resolution, resolution)  # [B, 1, R, R]
+    fig = lambda f: f.replace("figure", "Figure ")  # noqa: E731
+    critic_kind = "Discriminator" if "dcgan" in name else "Critic"
+    return "\n\n".join([
+        f"{spec.description} at {resolution}x{resolution}, latent {model_cfg.latent_dim}",
+        format_table(f"{critic_kind} ({fig(spec.critic_figure)})", layer_table(d, x)),
+        format_table(f"Generator ({fig(spec.generator_figure)})", layer_table(g, z)),
+    ])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--resolution", type=int, help="model resolution (default: the config's data.resolution)")
+    p.add_argument("--config", help="YAML preset for widths/latent size (default: embedded defaults)")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(summarize(args.model, config.model, args.resolution or config.data.resolution))
+    return 0

@@ -1,0 +1,74 @@
+"""`technogan train`: train one GAN of the study on a mel dataset, tracked in MLflow.
+
+    technogan train --config configs/quickstart.yaml --model wgan-gp [--dataset DIR] [--epochs E]
+                    [--max-samples N] [--max-steps S] [--resume]
+    technogan train --config configs/study.yaml --run dcgan2-60k-6ep     # one of the study's six runs
+    torchrun --nproc-per-node 4 -m pipeline.cli train ...                # DistributedDataParallel
+
+Flags override the config. Exit status: 0 finished, 3 diverged (NaN or exploding losses),
+143 stopped by SIGTERM after saving a checkpoint (resume with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.models.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = {"finished": 0, "diverged": 3, "preempted": 143, "failed": 1}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/quickstart.yaml", help="YAML preset (default: %(default)s)")
+    p.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default: the config's model.name)")
+    p.add_argument("--run", dest="study_run", metavar="NAME",
+                   help="a named run of the config's train.runs (configs/study.yaml: the study's six)")
+    p.add_argument("--dataset", help="mel dataset folder (default: train.dataset, else <out_dir>/dataset)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-samples", type=int, help="train on this many clips (capped at the dataset size)")
+    p.add_argument("--max-steps", type=int, help="stop after this many generator steps in total")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="local checkpoint folder (default: train.out_dir, else <out_dir>/train)")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this model/run name")
+
+
+def resolve(args: argparse.Namespace):
+    """(config with the flags applied, run label)."""
+    base = load_config(args.config)
+    overrides: dict = {}
+    label = None
+    if args.study_run:
+        runs = base.train.runs
+        if args.study_run not in runs:
+            known = ", ".join(runs) or "none in this config"
+            raise UserError(f"{args.config}: no run {args.study_run!r} under train.runs (known: {known})")
+        r = runs[args.study_run]
+        overrides.update({"model.name": r.model, "train.epochs": r.epochs, "data.max_samples": r.max_samples})
+        label = args.study_run
+    overrides.update({k: v for k, v in {
+        "model.name": args.model, "train.epochs": args.epochs, "data.max_samples": args.max_samples,
+        "train.max_steps": args.max_steps, "train.batch_size": args.batch_size, "train.seed": args.seed,
+        "train.device": args.device, "train.dataset": args.dataset, "train.out_dir": args.out,
+    }.items() if v is not None})
+    return load_config(args.config, overrides), label
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.train.loop import train
+
+    config, label = resolve(args)
+    result = train(config, resume=args.resume, label=label)
+    if result.run_id:
+        print(f"{result.label}: {result.status} at step {result.step}; MLflow run {result.run_id}")
+        if result.generator_path:
+            print(f"generator checkpoint: {result.generator_path}")
+    if result.status == "diverged":
+        print(f"{result.label}: stopped, {result.reason}")
+    return EXIT_CODES[result.status]

@@ -1,0 +1,51 @@
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import MelConfig
+from pipeline.mel import db_to_normalised, log_mel, normalised_to_db, resize, to_model_resolution, to_stored_resolution
+from tests.audio_utils import sine
+
+
+@pytest.mark.parametrize("freq", [110.0, 440.0, 1000.0, 3500.0])
+def test_sine_peaks_in_its_mel_band(freq):
+    cfg = MelConfig()
+    m = log_mel(sine(freq, cfg.clip_seconds)[None], cfg)[0]  # [M, T]
+    assert m.shape == cfg.shape
+    centres = librosa.mel_frequencies(cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.f_max)[1:-1]
+    expected = int(np.argmin(np.abs(centres - freq)))
+    assert abs(int(m.mean(axis=1).argmax()) - expected) <= 1
+
+
+def test_log_mel_is_normalised_to_its_peak():
+    cfg = MelConfig()
+    rng = np.random.default_rng(0)
+    clips = np.stack([0.01 * rng.standard_normal(cfg.clip_samples), 0.9 * rng.standard_normal(cfg.clip_samples)])
+    m = log_mel(clips.astype(np.float32), cfg)
+    assert m.shape == (2, *cfg.shape)
+    assert m.max(axis=(1, 2)) == pytest.approx([1.0, 1.0])  # loudness does not matter
+    assert m.min() >= -1.0
+
+
+def test_db_normalisation_round_trip():
+    cfg = MelConfig(top_db=80.0)
+    db = np.linspace(-80, 0, 11)
+    x = db_to_normalised(db, cfg)
+    assert x[0] == pytest.approx(-1.0) and x[-1] == pytest.approx(1.0)
+    np.testing.assert_allclose(normalised_to_db(x, cfg), db)
+
+
+def test_resize_to_model_and_back():
+    cfg = MelConfig()
+    x = torch.rand(3, *cfg.shape) * 2 - 1  # [3, 128, 216]
+    small = to_model_resolution(x, 64)
+    assert small.shape == (3, 64, 64)
+    assert small.min() >= -1 and small.max() <= 1
+    back = to_stored_resolution(small, cfg)
+    assert back.shape == (3, 128, 216)
+    # a smooth image survives the round trip closely
+    smooth = torch.linspace(-1, 1, 216).expand(128, 216)
+    err = (to_stored_resolution(to_model_resolution(smooth, 64), cfg) - smooth).abs().max()
+    assert err < 0.05
+    assert resize(x, (128, 216)) is x

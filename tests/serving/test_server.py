@@ -1,0 +1,288 @@
+"""A real TorchServe serving a freshly built technogan.mar, on free loopback ports.
+
+The server starts once for the module and is stopped even when a test fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+from PIL import Image
+
+from pipeline.config import MelConfig
+from serving.client import Client, ClientError
+from serving.server import Ports, TorchServe
+
+MEL = MelConfig()
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def server(model_store, serve_run_config, tmp_path_factory):
+    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), serve_run_config.serve, MEL, Ports.free())
+    try:
+        ts.start(timeout=240)
+        yield ts
+    finally:
+        ts.stop()
+
+
+def post(server, body=None, raw: bytes | None = None, headers=JSON, timeout=120) -> requests.Response:
+    data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+    return requests.post(server.predictions_url, data=data, headers=headers, timeout=timeout)
+
+
+def test_ping_is_healthy_without_a_token(server):
+    r = requests.get(f"{server.inference_url}/ping", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "Healthy"
+
+
+def test_model_is_registered_with_batching(server, model_store):
+    from serving.package import read_description
+
+    desc = requests.get(f"{server.management_url}/models/technogan", timeout=10).json()[0]
+    assert desc["batchSize"] == 8 and desc["minWorkers"] == desc["maxWorkers"] == 1
+    assert desc["modelVersion"] == read_description(model_store / "technogan.mar")["version"]
+
+
+def test_empty_body_gives_one_json_spectrogram(server):
+    r = post(server, headers={})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["shape"] == [1, MEL.n_mels, MEL.n_frames] and doc["model_resolution"] == 64
+    mels = np.asarray(doc["mels"])
+    assert mels.shape == (1, *MEL.shape) and mels.max() <= 0 and mels.min() >= -MEL.top_db
+    assert isinstance(doc["seed"], int) and r.headers["x-technogan-seed"] == str(doc["seed"])
+    assert MelConfig.from_dict(doc["mel_config"]) == MEL
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_json_shape_matches_n(server, n):
+    doc = post(server, {"n": n, "seed": 1}).json()
+    assert doc["shape"] == [n, *MEL.shape] and np.asarray(doc["mels"]).shape == (n, *MEL.shape)
+
+
+def test_npy_is_the_exact_float32_array(server):
+    r = post(server, {"n": 2, "seed": 9, "format": "npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    arr = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert arr.dtype == np.float32 and arr.shape == (2, *MEL.shape)
+    doc = post(server, {"n": 2, "seed": 9}).json()  # json is the same, rounded to 0.01 dB
+    np.testing.assert_allclose(np.asarray(doc["mels"]), arr, atol=0.006)
+
+
+def test_png_opens(server):
+    r = post(server, {"n": 4, "seed": 2, "format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    img.load()
+    assert img.format == "PNG" and img.width > 600 and img.height > 200
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_wav_parses_with_rate_and_length(server, serve_run_config, n):
+    r = post(server, {"n": n, "seed": 4, "format": "wav"})
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    audio, sr = sf.read(io.BytesIO(r.content), dtype="float32")
+    gap = int(round(serve_run_config.serve.wav_gap_seconds * MEL.sample_rate))
+    assert sr == MEL.sample_rate
+    assert audio.ndim == 1 and len(audio) == n * MEL.clip_samples + (n - 1) * gap
+    assert 0.1 < np.abs(audio).max() <= 1.0  # rendered sound, not silence
+
+
+def test_same_seed_same_mels(server):
+    a = post(server, {"n": 2, "seed": 1234}).json()
+    b = post(server, {"n": 2, "seed": 1234}).json()
+    c = post(server, {"n": 2, "seed": 1235}).json()
+    assert a["seed"] == b["seed"] == 1234
+    assert a["mels"] == b["mels"]
+    assert a["mels"] != c["mels"]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
+    # the answers alone, one at a time, are the reference
+    cases = [{"n": 1 + i % 3, "seed": 100 + i, "format": "npy"} for i in range(16)]
+    alone = [np.load(io.BytesIO(post(server, c).content)) for c in cases[:4]]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda c: post(server, c), cases))
+    assert all(r.status_code == 200 for r in responses)
+    batches = [int(r.headers["x-technogan-batch"]) for r in responses]
+    assert max(batches) > 1, f"no request was batched: {batches}"
+    for case, r in zip(cases, responses):
+        arr = np.load(io.BytesIO(r.content))
+        assert arr.shape == (case["n"], *MEL.shape)
+        assert r.headers["x-technogan-seed"] == str(case["seed"])
+    for ref, r in zip(alone, responses[:4]):
+        np.testing.assert_allclose(np.load(io.BytesIO(r.content)), ref, atol=1e-3)
+
+
+def test_mixed_formats_in_one_batch_keep_their_content_types(server):
+    formats = ["json", "npy", "png", "wav"] * 3
+    with ThreadPoolExecutor(len(formats)) as pool:
+        responses = list(pool.map(lambda f: post(server, {"format": f, "seed": 5}), formats))
+    expected = {"json": "application/json", "npy": "application/octet-stream", "png": "image/png", "wav": "audio/wav"}
+    for fmt, r in zip(formats, responses):
+        assert r.status_code == 200 and r.headers["content-type"] == expected[fmt]
+    assert max(int(r.headers["x-technogan-batch"]) for r in responses) > 1
+
+
+BAD = [
+    ({"n": 0}, None, "n"),
+    ({"n": 65}, None, "n"),
+    ({"n": "2"}, None, "n"),
+    ({"n": 1.5}, None, "n"),
+    ({"seed": "abc"}, None, "seed"),
+    ({"seed": -5}, None, "seed"),
+    ({"latents": [[0.1] * 99]}, None, "latents[0]"),
+    ({"latents": [[0.1] * 101]}, None, "latents[0]"),
+    ({"latents": "zzz"}, None, "latents"),
+    (None, b'{"latents": [[' + b"0," * 99 + b"NaN]]}", "latents[0][99]"),
+    (None, b'{"latents": [[' + b"0," * 99 + b"Infinity]]}", "latents[0][99]"),
+    ({"format": "mp3"}, None, "format"),
+    ({"format": ["json"]}, None, "format"),
+    ({"colour": "red"}, None, "colour"),
+    (None, b"{this is not json", "body"),
+    (None, b"[1, 2, 3]", "body"),
+    (None, b"\xff\xfe\x00", "body"),
+    (None, b" " * ((1 << 20) + 1), "body"),  # over the 1 MiB default limit
+]
+
+
+@pytest.mark.parametrize("body,raw,field", BAD, ids=[f"{i}-{f}" for i, (_, _, f) in enumerate(BAD)])
+def test_bad_input_is_a_400_naming_the_field(server, body, raw, field):
+    r = post(server, body, raw=raw)
+    assert r.status_code == 400, r.text[:300]
+    assert r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["error"].startswith(f"{field}: ") and doc["field"] == field
+
+
+def test_burst_of_200_mixed_requests_no_5xx(server):
+    def one(i: int) -> int:
+        kind = i % 10
+        if kind <= 3:
+            body = {"n": 1 + i % 2, "seed": i}
+        elif kind <= 5:
+            body = {"format": "npy", "n": 2}
+        elif kind == 6:
+            body = {"n": 0}  # bad
+        elif kind == 7:
+            body = {"format": "wav"}
+        elif kind == 8:
+            body = {"format": "png"}
+        else:
+            body = {"latents": [[0.0] * 3]}  # bad
+        return post(server, body, timeout=300).status_code
+
+    with ThreadPoolExecutor(16) as pool:  # bounded client concurrency, loopback only
+        codes = list(pool.map(one, range(200)))
+    expected = [400 if i % 10 in (6, 9) else 200 for i in range(200)]
+    assert codes == expected
+    assert requests.get(f"{server.inference_url}/ping", timeout=10).json()["status"] == "Healthy"
+    assert post(server, {"seed": 1}).status_code == 200
+
+
+def test_metrics_show_request_counters_and_handler_metrics(server):
+    post(server, {"format": "wav"})
+    post(server, {"format": "png"})
+    post(server, {"n": 0})
+    wanted = ["Requests2XX{", "Requests4XX{", 'ts_inference_requests_total{model_name="technogan"',
+              'ClipsGenerated{ModelName="technogan"', 'GenerationTime{ModelName="technogan"',
+              'RenderTime{ModelName="technogan"', 'PlotTime{ModelName="technogan"',
+              'RequestsRejected{ModelName="technogan"']
+    deadline = time.monotonic() + 30
+    while True:  # the frontend picks backend metrics up from the worker's log, a moment later
+        text = requests.get(server.metrics_url, timeout=10).text
+        missing = [w for w in wanted if w not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"missing from /metrics: {missing}"
+    clips = [line for line in text.splitlines() if line.startswith("ClipsGenerated{")]
+    assert float(clips[0].rsplit(" ", 1)[1]) >= 3
+
+
+def test_client_returns_arrays_png_and_wav(server):
+    c = Client(server.inference_url)
+    mels = c.mels(n=2, seed=3)
+    assert mels.db.shape == (2, *MEL.shape) and mels.seed == 3 and mels.mel_config["n_mels"] == MEL.n_mels
+    arr = c.npy(n=2, seed=3)
+    np.testing.assert_allclose(mels.db, arr, atol=0.006)
+    assert c.png(n=1, seed=3)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert c.wav(seed=3)[:4] == b"RIFF"
+    z = np.zeros((1, 100), dtype=np.float32)
+    assert c.npy(latents=z).shape == (1, *MEL.shape)
+    with pytest.raises(ClientError) as info:
+        c.mels(n=1000)
+    assert info.value.status == 400 and info.value.field == "n"
+
+
+def _free_base_port() -> int:
+    """A port P with P, P+1 and P+2 all free (technogan serve --port P uses all three)."""
+    for _ in range(50):
+        p = Ports.free().inference
+        if p > 65000:
+            continue
+        socks = []
+        try:
+            for q in (p, p + 1, p + 2):
+                s = socket.socket()
+                s.bind(("127.0.0.1", q))
+                socks.append(s)
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no three consecutive free ports")
+
+
+def test_technogan_serve_stops_cleanly_on_ctrl_c(model_store, tmp_path):
+    port = _free_base_port()
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--model-store", str(model_store), "--port", str(port),
+           "--workdir", str(tmp_path / "ts")]
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = post_ok(port)
+            except requests.RequestException:
+                ready = False
+            if ready:
+                break
+            time.sleep(0.5)
+        assert ready, (tmp_path / "serve.log").read_text()[-3000:]
+        assert requests.get(f"http://127.0.0.1:{port + 2}/metrics", timeout=10).status_code == 200
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the foreground group
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "token auth is DISABLED" in text and "127.0.0.1" in text
+    for q in (port, port + 1, port + 2):  # TorchServe and its workers are gone: the ports are free again
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", q)) != 0, f"port {q} still answers after Ctrl-C"
+
+
+def post_ok(port: int) -> bool:
+    r = requests.post(f"http://127.0.0.1:{port}/predictions/technogan", data=b"", timeout=10)
+    return r.status_code == 200
