@@ -23,6 +23,9 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("package", "serving.package", "build model-store/technogan.mar from the champion, a run or a checkpoint"),
     ("serve", "serving.serve", "serve technogan.mar with TorchServe on 127.0.0.1 until Ctrl-C"),
     ("train", "pipeline.train.cli", "train one GAN of the study on a mel dataset, tracked in MLflow"),
+    ("evaluate", "pipeline.evaluate.evaluate", "score a training run against the real data; metrics to MLflow"),
+    ("promote", "pipeline.evaluate.promote", "register the best finished run's generator as the champion"),
+    ("generate", "pipeline.generate", "generate mels as png/wav/npy from a checkpoint, run or alias (no server)"),
     ("run", "pipeline.run", "the whole chain from a config preset (the main job)"),
 ]
 

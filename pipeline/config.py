@@ -238,7 +238,7 @@ class ServeConfig(Section):
     """TorchServe: what ``technogan package`` bakes into the archive (the handler reads it
     from there) and what ``technogan serve`` binds. See serving/ and the README's Serving."""
 
-    port: int = Field(8080, ge=1, le=65533, description="inference port; management is port+1, metrics port+2")
+    port: int = Field(8080, ge=1, le=65531, description="inference port; management port+1, metrics +2, gRPC +3, +4")
     max_n: int = Field(64, ge=1, le=1024, description="most spectrograms one request may ask for")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="larger request bodies get a 400")
     workers: int = Field(1, ge=1, le=64, description="TorchServe workers; each loads the model")
@@ -271,7 +271,8 @@ class EvaluateConfig(Section):
     beat_bpm: tuple[float, float] = Field((120.0, 150.0), description="tempo range of a techno beat")
     tempo_search_bpm: tuple[float, float] = Field((80.0, 200.0), description="range the tempo is searched in")
     beat_clarity: float = Field(0.3, gt=0.0, lt=1.0, description="onset autocorrelation at the beat period that counts as a beat")
-    encoder_epochs: int = Field(12, ge=1, le=1000, description="in-project feature encoder (track classifier)")
+    encoder_steps: int = Field(300, ge=1, le=100000, description="training steps of the in-project feature encoder (track classifier)")
+    encoder_batch_size: int = Field(64, ge=2, le=4096)
     encoder_width: int = Field(32, ge=4, le=512)
     encoder_embed_dim: int = Field(64, ge=4, le=2048)
     encoder_lr: float = Field(2e-3, gt=0.0)

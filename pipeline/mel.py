@@ -20,9 +20,32 @@ AMIN = 1e-10  # power floor before log, as librosa.power_to_db
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(cfg: MelConfig) -> np.ndarray:
     """[n_mels, 1 + n_fft // 2] float32 Slaney-normalised filterbank (librosa's default)."""
-    return librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max
-    ).astype(np.float32)
+    fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max)
+    fb = fb.astype(np.float32)
+    fb.flags.writeable = False  # cached and shared: nobody may change it
+    return fb
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank_tensor(cfg: MelConfig) -> torch.Tensor:
+    return torch.from_numpy(mel_filterbank(cfg).copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _window(n_fft: int) -> torch.Tensor:
+    return torch.hann_window(n_fft, periodic=True)
+
+
+def mel_power(clips: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Clips [K, samples] -> mel power [K, n_mels, frames], numerically librosa's
+    ``feature.melspectrogram`` (centred, zero-padded Hann STFT, same filterbank),
+    computed with torch's FFT, which is about twice as fast on a CPU."""
+    spec = torch.stft(clips, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft).to(clips.device),
+                      center=True, pad_mode="constant", return_complex=True)  # [K, F, T]
+    mag = spec.abs() if cfg.power != 2.0 else spec.real.square() + spec.imag.square()
+    if cfg.power not in (1.0, 2.0):
+        mag = mag.pow(cfg.power)
+    return _filterbank_tensor(cfg).to(clips.device) @ mag  # [K, M, T]
 
 
 def log_mel(clips: np.ndarray, cfg: MelConfig) -> np.ndarray:
@@ -31,18 +54,14 @@ def log_mel(clips: np.ndarray, cfg: MelConfig) -> np.ndarray:
     dB are relative to each clip's own peak and floored at -top_db, so loudness
     differences between tracks (mastering) do not dominate what a GAN learns.
     """
-    clips = np.asarray(clips, dtype=np.float32)
-    if clips.ndim == 1:
-        clips = clips[None]
-    stft = librosa.stft(clips, n_fft=cfg.n_fft, hop_length=cfg.hop_length, center=True)  # [K, F, T]
-    power = np.abs(stft).astype(np.float32, copy=False)
-    if cfg.power != 1.0:
-        power = power**cfg.power
-    mel = np.matmul(mel_filterbank(cfg), power)  # [K, M, T]
-    db = 10.0 * np.log10(np.maximum(mel, AMIN))
-    db -= db.max(axis=(-2, -1), keepdims=True)
-    np.maximum(db, -cfg.top_db, out=db)
-    return db_to_normalised(db, cfg)
+    x = torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32))
+    if x.ndim == 1:
+        x = x[None]
+    with torch.no_grad():
+        db = 10.0 * torch.log10(mel_power(x, cfg).clamp_min(AMIN))
+        db = db - db.amax(dim=(-2, -1), keepdim=True)
+        db = db.clamp_min(-cfg.top_db)
+    return db_to_normalised(db, cfg).numpy()
 
 
 def db_to_normalised(db, cfg: MelConfig):

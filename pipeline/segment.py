@@ -382,7 +382,10 @@ def _process_file_safe(path: Path, source: str, out: Path, cfg: MelConfig, seg: 
 
 
 def _worker_init() -> None:
-    # one BLAS thread per worker process: the parallelism is across files
+    # one thread per worker process: the parallelism is across files
+    import torch
+
+    torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
 
@@ -443,7 +446,7 @@ def _run_tasks(tasks: list[tuple], workers: int) -> Iterable[FileResult]:
         for t in tasks:
             yield _worker(t)
         return
-    # warm librosa up once (filterbank, numba, FFT plans) so forked workers inherit it
+    # build the filterbank and FFT plans once, so forked workers inherit them
     log_mel(np.zeros((1, tasks[0][3].clip_samples), np.float32), tasks[0][3])
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_worker_init) as pool:

@@ -88,7 +88,7 @@ class Encoder:
 def encoder_key(fingerprint: str, resolution: int, n_tracks: int, cfg: EvaluateConfig) -> str:
     """Cache key: the data and every setting that changes the trained weights."""
     settings = {"fingerprint": fingerprint, "resolution": resolution, "n_tracks": n_tracks,
-                "epochs": cfg.encoder_epochs, "width": cfg.encoder_width, "embed_dim": cfg.encoder_embed_dim,
+                "steps": cfg.encoder_steps, "batch_size": cfg.encoder_batch_size, "width": cfg.encoder_width, "embed_dim": cfg.encoder_embed_dim,
                 "lr": cfg.encoder_lr, "seed": cfg.seed, "format": ENCODER_FORMAT}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -111,32 +111,31 @@ def train_encoder(mels: np.ndarray, labels: np.ndarray, n_tracks: int, cfg: Eval
     val, train = order[:n_val], order[n_val:]
     model = TrackEncoder(n_tracks, cfg.encoder_width, cfg.encoder_embed_dim)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.encoder_lr)
-    batch = 64
-    steps_per_epoch = max(1, (len(train) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=cfg.encoder_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.encoder_lr, total_steps=cfg.encoder_steps)
     loss_fn = nn.CrossEntropyLoss()
-    bar = tqdm(range(cfg.encoder_epochs), desc="encoder", unit="epoch", disable=not progress)
-    loss = torch.tensor(0.0)
-    for _ in bar:
-        model.train()
-        perm = train[torch.randperm(len(train), generator=g)]
-        for s in range(0, len(perm), batch):
-            idx = perm[s:s + batch]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            shift = int(torch.randint(0, x.shape[-1], (1,), generator=g))
-            xb = torch.roll(x[idx], shifts=shift, dims=-1)
-            loss = loss_fn(model(xb)[1], y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+    batch = min(cfg.encoder_batch_size, len(train))
+    # a fixed number of steps on batches drawn with replacement: a small dataset still
+    # gets enough updates, a large one is not swept needlessly
+    bar = tqdm(range(cfg.encoder_steps), desc="encoder", unit="step", disable=not progress, mininterval=1.0)
+    model.train()
+    loss_value = float("nan")
+    for step in bar:
+        idx = train[torch.randint(0, len(train), (max(batch, 2),), generator=g)]  # BatchNorm needs two
+        shift = int(torch.randint(0, x.shape[-1], (1,), generator=g))
+        xb = torch.roll(x[idx], shifts=shift, dims=-1)  # [B, 1, R, R], circular shift in time
+        loss = loss_fn(model(xb)[1], y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_value = loss.item()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
     with torch.no_grad():
         acc = float((model(x[val])[1].argmax(-1) == y[val]).float().mean())
     summary = {"val_accuracy": acc, "train_clips": int(len(train)), "val_clips": int(n_val),
-               "chance": 1.0 / n_tracks, "final_loss": float(loss)}
+               "chance": 1.0 / n_tracks, "final_loss": loss_value}
     log.info("encoder: validation accuracy %.2f on %d clips (chance %.2f)", acc, n_val, 1.0 / n_tracks)
     return model, summary
 
@@ -173,7 +172,7 @@ def get_encoder(cache_dir: str | Path, fingerprint: str, mels: np.ndarray, label
         return load_encoder(path)
     model, summary = train_encoder(mels, labels, n_tracks, cfg, progress=progress)
     meta = {"n_tracks": n_tracks, "width": cfg.encoder_width, "embed_dim": cfg.encoder_embed_dim,
-            "resolution": resolution, "dataset_fingerprint": fingerprint, "epochs": cfg.encoder_epochs,
+            "resolution": resolution, "dataset_fingerprint": fingerprint, "steps": cfg.encoder_steps, "batch_size": cfg.encoder_batch_size,
             "lr": cfg.encoder_lr, "seed": cfg.seed, "key": key, **summary}
     save_encoder(path, model, meta)
     return load_encoder(path)

@@ -125,13 +125,15 @@ def classify_message(message: str) -> ScrapeError:
     return TransientError("error", message)
 
 
-def _http_error(code: int, message: str, retry_after: Optional[float] = None) -> ScrapeError:
+def http_error(code: int, message: str, retry_after: Optional[float] = None) -> ScrapeError:
+    """An HTTP status as an error: 408, 429 and 5xx are transient, other 4xx permanent."""
     if code == 429 or code == 408 or code >= 500:
         return TransientError(f"http_{code}", message, retry_after)
     return PermanentError(f"http_{code}", message)
 
 
-def _short(text: Any, limit: int = 300) -> str:
+def short_text(text: Any, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters, for logs and manifest fields."""
     s = " ".join(str(text).split())
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
@@ -176,8 +178,8 @@ class YtDlpBackend:
         except Exception as e:  # yt_dlp.utils.DownloadError / ExtractorError / network errors
             cause = (getattr(e, "exc_info", None) or (None, None))[1]  # DownloadError wraps the extractor's
             if "GeoRestrictedError" in (type(e).__name__, type(cause).__name__):
-                raise PermanentError("region_blocked", _short(e)) from e
-            raise classify_message(_short(e)) from e
+                raise PermanentError("region_blocked", short_text(e)) from e
+            raise classify_message(short_text(e)) from e
 
     @staticmethod
     def _video_from_entry(entry: dict) -> Optional[VideoInfo]:
@@ -283,13 +285,13 @@ def classify_pytube_error(e: BaseException) -> ScrapeError:
     for klass in type(e).__mro__:
         if klass.__name__ in _PYTUBE_ERRORS:
             reason, permanent = _PYTUBE_ERRORS[klass.__name__]
-            return (PermanentError if permanent else TransientError)(reason, _short(e))
+            return (PermanentError if permanent else TransientError)(reason, short_text(e))
     if isinstance(e, urllib.error.HTTPError):
         retry = e.headers.get("Retry-After") if e.headers else None
-        return _http_error(e.code, _short(e), float(retry) if retry and retry.isdigit() else None)
+        return http_error(e.code, short_text(e), float(retry) if retry and retry.isdigit() else None)
     if isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError, OSError)):
-        return TransientError("connection", _short(e))
-    return classify_message(_short(e))
+        return TransientError("connection", short_text(e))
+    return classify_message(short_text(e))
 
 
 # pytubefix's own request headers; googlevideo serves these clients

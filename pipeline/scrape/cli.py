@@ -4,7 +4,9 @@ A resumable, shardable batch job: run it again and it fetches only what is missi
 run N copies with --shard 0/N .. N-1/N (or as a Kubernetes Indexed Job, where the
 shard defaults from JOB_COMPLETION_INDEX and TECHNOGAN_SHARD_COUNT) and each video
 is fetched by exactly one of them. Exit status 0 when the share of failures stays
-within scrape.max_failure_share, 1 otherwise (2 for a usage error).
+within scrape.max_failure_share; above it 1 when some failures were transient (a
+retried pod may fix them) and 3 when all were permanent (private, removed, ...:
+retrying cannot help); 2 for a usage error.
 You are responsible for having the rights to the audio you download and for
 respecting the site's terms of service.
 """
@@ -61,17 +63,18 @@ def main(args: argparse.Namespace, backend: Optional[Backend] = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     summary = scrape(entries, args.out, backend, config, shard, max_tracks=args.max_tracks, dry_run=args.dry_run,
                      retry_failed=args.retry_failed, progress=not args.no_progress)
-    ok = summary.ok(config.max_failure_share)
+    status = summary.exit_status(config.max_failure_share)
+    ok = status == 0
     head = "dry run: would fetch" if args.dry_run else ("scrape finished" if ok else "scrape FAILED")
     print(f"\n{head} (shard {shard}, backend {backend.name}, out {args.out})")
     print(summary.format(config.max_failure_share))
     if args.dry_run:
         return 0
     if not ok:
+        why = "some were transient: a retry may help" if status == 1 else "all permanent: a retry will not help"
         print(f"technogan scrape: failure share {summary.failure_share:.1%} is above scrape.max_failure_share "
-              f"{config.max_failure_share:.1%}", file=sys.stderr)
-        return 1
-    return 0
+              f"{config.max_failure_share:.1%} ({why})", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

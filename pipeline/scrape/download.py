@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import requests
 
 from pipeline.config import ScrapeConfig
-from pipeline.scrape.backends import AudioSource, PermanentError, ScrapeError, TransientError, _http_error, _short
+from pipeline.scrape.backends import AudioSource, TransientError, http_error, short_text
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RetryPolicy:
                 if attempt > self.retries:
                     raise
                 d = self.delay(attempt, e.retry_after)
-                log.info("%s: %s (%s); retry %d/%d in %.1f s", what, e.reason, _short(e, 120), attempt, self.retries, d)
+                log.info("%s: %s (%s); retry %d/%d in %.1f s", what, e.reason, short_text(e, 120), attempt, self.retries, d)
                 self.sleep(d)
         raise AssertionError("unreachable")
 
@@ -112,14 +112,14 @@ class HttpFetcher:
             try:
                 resp = self.session.get(source.url, headers=headers, stream=True, timeout=timeout)
             except requests.Timeout as e:
-                raise TransientError("timeout", _short(e)) from e
+                raise TransientError("timeout", short_text(e)) from e
             except requests.RequestException as e:
-                raise TransientError("connection", _short(e)) from e
+                raise TransientError("connection", short_text(e)) from e
             with resp:
                 if resp.status_code == 416 and total is not None and have >= total:
                     break
                 if resp.status_code >= 400:
-                    raise _http_error(resp.status_code, f"HTTP {resp.status_code} for {source.url}", _retry_after(resp))
+                    raise http_error(resp.status_code, f"HTTP {resp.status_code} for {source.url}", _retry_after(resp))
                 if resp.status_code == 206:
                     m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                     if not m or int(m.group(1)) != have:
@@ -141,11 +141,11 @@ class HttpFetcher:
                             if progress:
                                 progress(len(block))
                 except requests.Timeout as e:  # stalled mid-body: keep what we have, resume later
-                    raise TransientError("timeout", _short(e)) from e
+                    raise TransientError("timeout", short_text(e)) from e
                 except (requests.RequestException, ConnectionError) as e:
                     # requests reports a read timeout inside the body as a ConnectionError
                     reason = "timeout" if "timed out" in str(e).lower() else "connection"
-                    raise TransientError(reason, _short(e)) from e
+                    raise TransientError(reason, short_text(e)) from e
                 if expected is not None and got < int(expected):
                     raise TransientError("truncated", f"body ended after {got} of {expected} bytes")
                 have += got
@@ -181,7 +181,7 @@ def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float)
     try:
         info = mediainfo_json(str(path))
     except Exception as e:
-        raise VerifyError("corrupt", f"ffprobe cannot read it: {_short(e)}") from e
+        raise VerifyError("corrupt", f"ffprobe cannot read it: {short_text(e)}") from e
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
     if not streams:
         raise VerifyError("corrupt", "ffprobe finds no audio stream")
@@ -191,7 +191,7 @@ def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float)
     r = subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:a:0",
                         "-f", "null", "-progress", "pipe:1", "-"], capture_output=True, text=True)
     if r.returncode != 0:
-        raise VerifyError("corrupt", f"ffmpeg cannot decode it: {_short(r.stderr or r.returncode, 200)}")
+        raise VerifyError("corrupt", f"ffmpeg cannot decode it: {short_text(r.stderr or r.returncode, 200)}")
     times = re.findall(r"^out_time_us=(\d+)$", r.stdout, flags=re.M)
     if not times:
         raise VerifyError("corrupt", "ffmpeg decoded no audio")
@@ -208,6 +208,3 @@ def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
-
-__all__ = ["AudioCheck", "HttpFetcher", "PermanentError", "RetryPolicy", "ScrapeError", "TransientError",
-           "VerifyError", "fsync_file", "verify_audio"]

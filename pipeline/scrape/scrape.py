@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from pipeline.config import ScrapeConfig
 from pipeline.fsutil import TMP_PREFIX, sha256_file
-from pipeline.scrape.backends import Backend, PermanentError, ScrapeError, TransientError, VideoInfo, _short
+from pipeline.scrape.backends import Backend, PermanentError, ScrapeError, TransientError, VideoInfo, short_text
 from pipeline.scrape.download import HttpFetcher, RetryPolicy, fsync_file, verify_audio
 from pipeline.scrape.manifest import ManifestWriter, manifest_name, read_manifest
 from pipeline.scrape.playlists import PlaylistEntry
@@ -105,8 +104,8 @@ def plan(entries: list[PlaylistEntry], backend: Backend, config: ScrapeConfig, r
         try:
             videos = retry.call(lambda: backend.list_videos(entry.url), f"list {entry.url}")
         except ScrapeError as e:
-            log.warning("cannot list %s: %s (%s)", entry.url, e.reason, _short(e, 200))
-            failures[entry.url] = e.reason
+            log.warning("cannot list %s: %s (%s)", entry.url, e.reason, short_text(e, 200))
+            failures[entry.url] = e.reason if isinstance(e, PermanentError) else f"{e.reason}, transient"
             continue
         listed += len(videos)
         lo, hi = entry.durations(config.min_duration, config.max_duration)
@@ -154,6 +153,7 @@ class Summary:
     failed: Counter = field(default_factory=Counter)  # reason -> count
     failed_ids: dict[str, str] = field(default_factory=dict)  # video id -> "reason: error"
     listing_failures: dict[str, str] = field(default_factory=dict)
+    retryable: int = 0  # failures (videos and listings) a later run may fix: transient errors
     seconds: float = 0.0  # audio in done files of this shard
     bytes: int = 0
     dry_run: bool = False
@@ -176,6 +176,13 @@ class Summary:
             return False  # nothing could even be listed
         return self.failure_share <= max_failure_share
 
+    def exit_status(self, max_failure_share: float) -> int:
+        """0 within the allowed share of failures; above it 1 when some failures were transient
+        (a retried pod may fix them), 3 when all were permanent (retrying cannot help)."""
+        if self.ok(max_failure_share):
+            return 0
+        return 1 if self.retryable or not self.n_failed else 3
+
     def format(self, max_failure_share: float) -> str:
         lines = [
             f"videos listed: {self.listed} ({self.unique} unique, {self.in_shard} in this shard)",
@@ -186,7 +193,8 @@ class Summary:
         if self.listing_failures:
             lines.append("playlists not listed: " + ", ".join(f"{u} ({r})" for u, r in self.listing_failures.items()))
         lines.append(f"audio: {self.seconds / 3600:.2f} h, {self.bytes / 1e6:.1f} MB")
-        lines.append(f"failure share: {self.failure_share:.1%} (allowed {max_failure_share:.1%})")
+        lines.append(f"failure share: {self.failure_share:.1%} (allowed {max_failure_share:.1%}; "
+                     f"{self.retryable} of {self.n_failed} failures may pass on a retry)")
         for vid, why in list(self.failed_ids.items())[:20]:
             lines.append(f"  failed {vid}: {why}")
         if len(self.failed_ids) > 20:
@@ -238,7 +246,7 @@ def download_one(c: Candidate, audio_dir: Path, backend: Backend, fetcher: HttpF
         retry.call(attempt, v.id)
     except ScrapeError as e:
         tmp.unlink(missing_ok=True)
-        return {"status": "failed", "reason": e.reason, "error": _short(e, 500),
+        return {"status": "failed", "reason": e.reason, "error": short_text(e, 500),
                 "permanent": isinstance(e, PermanentError), "attempts": attempts, "started_at": started,
                 "finished_at": _now()}
     except BaseException:
@@ -295,7 +303,7 @@ def scrape(entries: list[PlaylistEntry], out: str | Path, backend: Backend, conf
     p = plan(entries, backend, config, retry, max_tracks)
     mine = [c for c in p.candidates if shard.owns(c.video.id)]
     s = Summary(listed=p.listed, unique=len(p.candidates), in_shard=len(mine), listing_failures=dict(p.listing_failures),
-                dry_run=dry_run)
+                retryable=sum(1 for r in p.listing_failures.values() if r.endswith("transient")), dry_run=dry_run)
     state = read_manifest(out)
     audio_dir = out / AUDIO_SUBDIR
 
@@ -363,6 +371,7 @@ def scrape(entries: list[PlaylistEntry], out: str | Path, backend: Backend, conf
                     s.skipped[rec["reason"]] += 1
                 else:
                     s.failed[rec["reason"]] += 1
+                    s.retryable += 0 if rec.get("permanent") else 1
                     s.failed_ids[vid] = f"{rec['reason']}: {rec.get('error', '')}"
             bar.update(1)
             bar.set_postfix(done=s.done, failed=sum(s.failed.values()), refresh=False)

@@ -14,7 +14,6 @@ import json
 import re
 import sys
 import threading
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

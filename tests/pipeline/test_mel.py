@@ -49,3 +49,14 @@ def test_resize_to_model_and_back():
     err = (to_stored_resolution(to_model_resolution(smooth, 64), cfg) - smooth).abs().max()
     assert err < 0.05
     assert resize(x, (128, 216)) is x
+
+
+def test_log_mel_equals_librosa_reference():
+    cfg = MelConfig()
+    rng = np.random.default_rng(1)
+    clip = (0.3 * rng.standard_normal(cfg.clip_samples)).astype(np.float32)
+    ref = librosa.power_to_db(
+        librosa.feature.melspectrogram(y=clip, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                       n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max),
+        ref=np.max, top_db=cfg.top_db)
+    np.testing.assert_allclose(normalised_to_db(log_mel(clip[None], cfg)[0], cfg), ref, atol=1e-3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -418,15 +417,32 @@ def test_killed_run_resumes_without_partial_files(tmp_path, server, audio_files,
 
 def test_exit_status_and_summary(tmp_path, server):
     backend, entries = catalog(server, n_playlists=1, per=3, dup=False, overrides={2: {"error": "age_restricted"}})
+    # above the allowed share, all permanent: 3 (a podFailurePolicy can fail the Job instead of retrying)
     cmd = _write_inputs(tmp_path, backend, entries, max_failure_share=0.2)
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "failed: age_restricted 1" in r.stdout and f"failed {video_id(2)}: age_restricted" in r.stdout
-    assert "above scrape.max_failure_share" in r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "scrape FAILED" in r.stdout and "failed: age_restricted 1" in r.stdout
+    assert f"failed {video_id(2)}: age_restricted" in r.stdout
+    assert "above scrape.max_failure_share 20.0% (all permanent" in r.stderr
+    # within the allowed share: 0
     cmd = _write_inputs(tmp_path, backend, entries, max_failure_share=0.5)
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "scrape finished" in r.stdout and "videos listed: 3 (3 unique, 3 in this shard)" in r.stdout
+    assert "done: 2 (0 downloaded now, 2 already there)" in r.stdout
+
+    # a transient failure above the share: 1, so the Job retries the pod
+    backend, entries = catalog(server, n_playlists=1, per=4, dup=False)
+    server.add_faults("t3.mp3", *["503"] * 4)
+    cmd = _write_inputs(tmp_path, backend, entries, max_failure_share=0.5)
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "out2")
+    server.add_faults("t2.mp3", *["503"] * 4)
+    server.add_faults("t1.mp3", "corrupt", "corrupt", "corrupt", "corrupt")
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed: corrupt 1, http_503 2" in r.stdout and "3 of 3 failures may pass on a retry" in r.stdout
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)  # the retried pod
+    assert r.returncode == 0 and "done: 4 (3 downloaded now, 1 already there)" in r.stdout, r.stdout + r.stderr
 
 
 # ----------------------------------------------------------------------------- the chain

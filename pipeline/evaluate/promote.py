@@ -1,0 +1,136 @@
+"""Pick the best finished run and make it the champion: ``technogan promote``.
+
+Compares every finished run of the experiment on the selection metric (default
+``eval.fd_learned``, the Fréchet distance on the in-project encoder's features; lower
+is better, see ``pipeline.evaluate.metrics`` for each metric's direction), registers
+the winner's generator in the MLflow model registry and points the alias
+``champion`` at that version. Prints a comparison table of all runs (model, samples,
+epochs, every ``eval.*`` metric, and the real-vs-real baseline as a last row) and
+logs it, as Markdown and JSON, to the winning run under ``promotion/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.evaluate.evaluate import BASELINE_PREFIX, PREFIX
+from pipeline.evaluate.metrics import higher_is_better
+from pipeline.fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Promotion:
+    winner: object  # tracking.registry.RunRow
+    version: str
+    model_name: str
+    alias: str
+    metric: str
+    header: list[str]
+    body: list[list[str]]
+    table_markdown: str
+    table_json: dict
+    files: list[Path]
+
+    @property
+    def table_text(self) -> str:
+        return text_table(self.header, self.body)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def comparison(rows: list, metric: str) -> tuple[list[str], list[list[str]], dict]:
+    """(header, table rows, JSON) of runs: selection metric first, then every eval.* metric."""
+    keys = sorted({k for r in rows for k in r.metrics if k.startswith(PREFIX) and not k.startswith(BASELINE_PREFIX)})
+    keys = [metric] + [k for k in keys if k != metric]
+    header = ["run", "model", "samples", "epochs"] + [k[len(PREFIX):] if k.startswith(PREFIX) else k for k in keys]
+    body = [[r.name, r.model, r.samples, r.epochs] + [_fmt(r.metrics.get(k)) for k in keys] for r in rows]
+    # the real-vs-real baseline of the newest evaluated run: what real data itself scores
+    with_base = [r for r in rows if any(k.startswith(BASELINE_PREFIX) for k in r.metrics)]
+    base_row = None
+    if with_base:
+        b = with_base[0].metrics
+        base_row = ["(real vs real)", "-", "-", "-"] + [_fmt(b.get(BASELINE_PREFIX + k[len(PREFIX):])) for k in keys]
+        body.append(base_row)
+    data = {"metric": metric, "lower_is_better": not higher_is_better(metric), "columns": header,
+            "runs": [{"run_id": r.run_id, "name": r.name, "model": r.model, "samples": r.samples, "epochs": r.epochs,
+                      "metrics": {k: r.metrics.get(k) for k in keys}} for r in rows],
+            "baseline": dict(zip(header[4:], base_row[4:])) if base_row else None}
+    return header, body, data
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt = lambda row: "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in body])
+
+
+def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = "technogan-generator",
+            alias: str = "champion", uri: str | None = None, out: str | Path | None = None) -> Promotion:
+    """Register the best finished run of ``experiment`` by ``metric`` and point ``alias`` at it."""
+    from tracking import registry
+
+    rows = registry.finished_runs(experiment, uri)
+    if not rows:
+        raise UserError(f"experiment {experiment!r} has no finished runs to compare")
+    scored = [r for r in rows if isinstance(r.metrics.get(metric), float) and math.isfinite(r.metrics[metric])]
+    if not scored:
+        raise UserError(f"no finished run of experiment {experiment!r} has the metric {metric!r}: "
+                        f"score them first (technogan evaluate --run-id ID)")
+    higher = higher_is_better(metric)
+    winner = (max if higher else min)(scored, key=lambda r: r.metrics[metric])
+    # winner first, then the others best to worst, unscored last
+    ranked = sorted(scored, key=lambda r: -r.metrics[metric] if higher else r.metrics[metric])
+    ordered = ranked + [r for r in rows if r not in scored]
+    header, body, data = comparison(ordered, metric)
+    md = (f"# Champion: {winner.name} ({winner.model}), run {winner.run_id}\n\n"
+          f"Selection metric `{metric}` ({'higher' if higher else 'lower'} is better), "
+          f"{len(scored)} of {len(rows)} finished runs scored.\n\n" + markdown_table(header, body))
+    mv = registry.register_generator(winner.run_id, model_name, alias, uri,
+                                     tags={"selection_metric": metric, "selection_value": winner.metrics[metric],
+                                           "model": winner.model})
+    data.update({"winner": winner.run_id, "registered_model": model_name, "version": str(mv.version), "alias": alias})
+    with tempfile.TemporaryDirectory(prefix="technogan-promote-") as tmp:
+        folder = Path(out) if out else Path(tmp)
+        files = [folder / "comparison.md", folder / "comparison.json"]
+        atomic_write_text(files[0], md)
+        atomic_write_text(files[1], json.dumps(data, indent=2, default=str) + "\n")
+        registry.log_files(winner.run_id, files, "promotion", uri)
+    return Promotion(winner, str(mv.version), model_name, alias, metric, header, body, md, data,
+                     files if out else [])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", help="MLflow experiment (default: the config's tracking.experiment)")
+    p.add_argument("--metric", help="selection metric key (default: the config's evaluate.selection_metric)")
+    p.add_argument("--config", help="YAML preset (default: embedded defaults)")
+    p.add_argument("--out", help="also keep comparison.md/.json in this folder")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ev = config.evaluate
+    result = promote(args.experiment or config.tracking.experiment, args.metric or ev.selection_metric,
+                     ev.registry_model, ev.champion_alias, config.tracking.uri, args.out)
+    print(result.table_text)
+    print(f"\n{result.model_name} version {result.version} is now @{result.alias}: run {result.winner.run_id} "
+          f"({result.winner.model}, {result.metric} = {result.winner.metrics[result.metric]:.4g})")
+    return 0
+

@@ -1,0 +1,136 @@
+"""Generate mel spectrograms (and audio) from a trained generator, without any server:
+``technogan generate --checkpoint PATH --n 8 --format png,wav,npy --out DIR``.
+
+The generator comes from a checkpoint file, a training run (``--run-id``, its latest
+checkpoint) or the registry (``--alias champion``). Files written (atomically):
+
+    mels.npy        float32 [N, R, R], the generator's output in [-1, 1] (model resolution)
+    mels.png        the grid, at stored resolution, with time/frequency axes and dB
+    clip-000.wav    each clip rendered to audio (fast Griffin-Lim, pipeline.audio)
+    all.wav         the clips one after another with half a second between them
+    generate.json   what was generated: checkpoint, seed, shapes, mel config
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import EvaluateConfig, MelConfig, load_config
+from pipeline.errors import UserError
+from pipeline.fsutil import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("png", "wav", "npy")
+
+
+@dataclass
+class Generated:
+    mels: np.ndarray  # [N, R, R]
+    mel_config: MelConfig
+    meta: dict
+    files: list[Path]
+
+
+def parse_formats(text: str) -> list[str]:
+    """"png,wav" -> ["png", "wav"]; UserError naming an unknown format."""
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UserError(f"--format: unknown {', '.join(bad) or 'empty'}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def generate_files(checkpoint: str | Path, out: str | Path, n: int = 8, formats: list[str] | tuple[str, ...] = FORMATS,
+                   seed: int = 0, render_iterations: int = 32, mel_inverse: str = "nnls",
+                   gap_seconds: float = 0.5, prefix: str = "") -> Generated:
+    """Draw ``n`` clips from the generator at ``checkpoint`` with latents of ``seed`` and
+    write the requested ``formats`` into ``out``."""
+    from pipeline.audio import MelRenderer, write_wav
+    from pipeline.checkpoint import load_generator
+    from pipeline.evaluate.evaluate import generate_mels
+    from pipeline.plot import plot_mel_grid
+
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    generator, meta = load_generator(checkpoint)
+    mel_config = MelConfig.from_dict(meta["mel_config"])
+    mels = generate_mels(generator, n, int(meta["latent_dim"]), batch_size=256, seed=seed)  # [N, R, R]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    if "npy" in formats:
+        path = out / f"{prefix}mels.npy"
+        buf = io.BytesIO()
+        np.save(buf, mels.astype(np.float32))
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+        files.append(path)
+    if "png" in formats:
+        path = out / f"{prefix}mels.png"
+        plot_mel_grid(mels, mel_config, path, title=f"{meta.get('model')} (seed {seed})")
+        files.append(path)
+    if "wav" in formats:
+        renderer = MelRenderer(mel_config, n_iter=render_iterations, mel_inverse=mel_inverse, seed=seed)
+        audio = renderer.render(torch.from_numpy(mels))  # [N, samples]
+        for i, clip in enumerate(audio):
+            path = out / f"{prefix}clip-{i:03d}.wav"
+            write_wav(path, clip, mel_config.sample_rate)
+            files.append(path)
+        path = out / f"{prefix}all.wav"
+        write_wav(path, audio, mel_config.sample_rate, gap_seconds)
+        files.append(path)
+    info = {"checkpoint": str(checkpoint), "model": meta.get("model"), "run_id": meta.get("run_id"),
+            "epoch": meta.get("epoch"), "seed": seed, "n": n, "shape": list(mels.shape),
+            "render_iterations": render_iterations, "mel_inverse": mel_inverse, "mel_config": mel_config.to_dict(),
+            "files": [p.name for p in files]}
+    path = out / f"{prefix}generate.json"
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+    files.append(path)
+    return Generated(mels, mel_config, meta, files)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="generator checkpoint file (generator-*.pt)")
+    src.add_argument("--run-id", help="MLflow training run: its latest checkpoint")
+    src.add_argument("--alias", help="registry alias, e.g. champion (model name from the config)")
+    p.add_argument("--n", type=int, default=8, help="clips to generate (default: %(default)s)")
+    p.add_argument("--format", default="png,wav,npy", help="comma-separated: png, wav, npy (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="latent seed (default: %(default)s)")
+    p.add_argument("--iterations", type=int, help="Griffin-Lim iterations (default: evaluate.render_iterations)")
+    p.add_argument("--config", help="YAML preset for tracking/evaluate settings (default: embedded defaults)")
+
+
+def main(args: argparse.Namespace) -> int:
+    formats = parse_formats(args.format)
+    config = load_config(args.config)
+    ev: EvaluateConfig = config.evaluate
+    with tempfile.TemporaryDirectory(prefix="technogan-generate-") as tmp:
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+        elif args.run_id:
+            from tracking.runs import download_checkpoint
+
+            checkpoint = download_checkpoint(args.run_id, "latest", dst=tmp, uri=config.tracking.uri)
+        else:
+            from tracking.registry import champion_checkpoint
+
+            checkpoint, mv = champion_checkpoint(tmp, ev.registry_model, args.alias, config.tracking.uri)
+            log.info("generate: %s@%s is version %s (run %s)", ev.registry_model, args.alias, mv.version, mv.run_id)
+        result = generate_files(checkpoint, args.out, args.n, formats, args.seed,
+                                ev.render_iterations if args.iterations is None else args.iterations,
+                                ev.render_mel_inverse)
+    for f in result.files:
+        print(f)
+    return 0

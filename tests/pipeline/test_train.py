@@ -1,0 +1,241 @@
+"""Training end to end on the small synthetic dataset, tracked in a temporary MLflow store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.train import train
+from pipeline.train.cli import EXIT_CODES, resolve
+from pipeline.train.monitor import DivergenceGuard, Prometheus
+from tracking import runs as tracking
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_config(tmp_path: Path, dataset: Path, **train):
+    """A tiny run: widths 4, batches of 4 (36 clips -> 9 batches an epoch), its own MLflow store."""
+    t = {"batch_size": 4, "epochs": 3, "checkpoint_every": 4, "sample_every": 1000, "progress": False,
+         "dataset": str(dataset), "out_dir": str(tmp_path / "train"), **train}
+    return load_config(None, {
+        "model.g_width": 4, "model.d_width": 4, "model.latent_dim": 16,
+        **{f"train.{k}": v for k, v in t.items()},
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment": "test",
+        "tracking.spool_dir": str(tmp_path / "spool"), "tracking.flush_timeout_s": 30,
+    })
+
+
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= artifacts(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+def test_mlflow_run_has_params_metrics_grids_plot_and_checkpoints(tmp_path, small_dataset):
+    config = make_config(tmp_path, small_dataset, epochs=2, sample_every=5, checkpoint_every=3)
+    result = train(config.model_copy(update={"model": config.model.model_copy(update={"name": "dcgan1"})}))
+    assert result.status == "finished" and result.step == 18  # 2 epochs x 9 batches, one critic step each
+    client = tracking.get_client(config.tracking.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.MODEL_TAG] == "dcgan1" and run.data.tags[tracking.STATUS_TAG] == "finished"
+    p = run.data.params
+    assert p["model.name"] == "dcgan1" and p["train.batch_size"] == "4" and p["model.g_width"] == "4"
+    assert p["mel.n_mels"] == "128" and p["dataset.clips"] == "36" and len(p["dataset.fingerprint"]) == 16
+    assert p["dataset.path"] == str(small_dataset.resolve()) == tracking.run_dataset(result.run_id, config.tracking.uri)
+    assert int(p["params.generator"]) > 0 and int(p["params.critic"]) > 0 and p["optim.lr"] == "0.0002"
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm", "samples_per_s"):
+        steps = [m.step for m in client.get_metric_history(result.run_id, key)]
+        assert sorted(steps) == list(range(1, 19)), key
+    files = artifacts(client, result.run_id)
+    assert {"checkpoints/generator-latest.pt", "checkpoints/training-state-latest.pt",
+            "checkpoints/generator-epoch-1.pt", "checkpoints/generator-epoch-2.pt", "samples/epoch-1.png",
+            "samples/epoch-2.png", "samples/step-0000005.png", "samples/step-0000015.png", "plots/losses.png",
+            "config/config.resolved.yaml"} <= files
+    grid = Path(client.download_artifacts(result.run_id, "samples/epoch-2.png", str(tmp_path / "dl")))
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 20_000
+
+    # the checkpoint, fetched back through tracking, is self-describing and weights_only-loadable
+    path = tracking.download_checkpoint(result.run_id, uri=config.tracking.uri, dst=tmp_path / "ck")
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == ckpt.GENERATOR_FORMAT
+    g, meta = ckpt.load_generator(path)
+    assert meta["run_id"] == result.run_id and meta["step"] == 18 and meta["epoch"] == 2
+    assert meta["model"] == "dcgan1" and meta["resolution"] == 64 and meta["mel_config"]["n_mels"] == 128
+    assert g(torch.randn(2, 16)).shape == (2, 1, 64, 64)
+    state = torch.load(tracking.download_checkpoint(result.run_id, "1", uri=config.tracking.uri), weights_only=True)
+    assert ckpt.read_meta(path)["step"] == 18 and state["format"] == ckpt.GENERATOR_FORMAT
+    full = torch.load(result.run_dir / "checkpoints" / "training-state-latest.pt", weights_only=True)
+    assert full["progress"]["step"] == 18 and set(full) >= {"generator", "critic", "opt_g", "opt_d", "rng"}
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "training-state-latest.pt", weights_only=True)
+    out = {f"g.{k}": v for k, v in state["generator"].items()}
+    out.update({f"d.{k}": v for k, v in state["critic"].items()})
+    for name in ("opt_g", "opt_d"):
+        for i, s in state[name]["state"].items():
+            out.update({f"{name}.{i}.{k}": v for k, v in s.items()})
+    return out
+
+
+@pytest.mark.parametrize("model,steps", [("dcgan2", 10), ("wgan-gp", 2)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, steps):
+    # dcgan2: dropout in both networks (global RNG), 20 steps cross two epoch ends;
+    # wgan-gp: 5 critic steps each, interpolation noise from the latent RNG
+    def cfg(sub, max_steps):
+        c = make_config(tmp_path / sub, small_dataset, max_steps=max_steps, epochs=10)
+        return c.model_copy(update={"model": c.model.model_copy(update={"name": model})})
+
+    full = train(cfg("full", 2 * steps))
+    first = train(cfg("split", steps))
+    assert first.step == steps
+    second = train(cfg("split", 2 * steps), resume=True)
+    assert second.step == 2 * steps and second.run_id == first.run_id  # the same MLflow run goes on
+    a, b = _weights(full.run_dir), _weights(second.run_dir)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    # ...and the weights did move between the checkpoint and the end
+    mid = torch.load(tmp_path / "full" / "train" / model / full.run_id / "checkpoints" / "generator-latest.pt",
+                     weights_only=True)
+    assert mid is not None
+    client = tracking.get_client(f"sqlite:///{tmp_path / 'split' / 'mlflow.db'}")
+    steps_logged = sorted(m.step for m in client.get_metric_history(first.run_id, "g_loss"))
+    assert steps_logged == list(range(1, 2 * steps + 1))
+    if model == "wgan-gp":
+        assert len(client.get_metric_history(first.run_id, "gradient_penalty")) == 2 * steps
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, small_dataset):
+    runs = [train(make_config(tmp_path / str(i), small_dataset, max_steps=3, seed=seed))
+            for i, seed in enumerate((0, 0, 1))]
+    a, b, c = (_weights(r.run_dir) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_exploding_losses_stop_the_run_visibly(tmp_path, small_dataset):
+    config = make_config(tmp_path, small_dataset, max_abs_loss=1e-6, divergence_patience=3, checkpoint_every=1)
+    result = train(config)
+    assert result.status == "diverged" and result.step == 3 and "exploded" in result.reason
+    run = tracking.get_client(config.tracking.uri).get_run(result.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.STATUS_TAG] == "diverged" and "exploded" in run.data.tags[tracking.REASON_TAG]
+    # the checkpoint of the last step before the stop stays; the diverged step wrote none
+    assert ckpt.read_meta(result.run_dir / "checkpoints" / "generator-latest.pt")["step"] == 2
+    assert EXIT_CODES["diverged"] != 0
+
+
+def test_divergence_guard_reasons():
+    guard = DivergenceGuard(max_abs=100.0, patience=2)
+    assert guard.check({"d_loss": 1.0, "g_loss": 2.0}, 1, 0) is None
+    assert "nan" in guard.check({"d_loss": float("nan"), "g_loss": 2.0}, 5, 3)
+    assert guard.check({"d_loss": 1e3, "g_loss": 2.0}, 6, 3) is None  # one step over the bound is tolerated
+    assert "exploded" in guard.check({"d_loss": 1e3, "g_loss": 2.0}, 7, 3)
+    assert "epoch 4" in DivergenceGuard(1.0, 1).check({"g_loss": float("inf")}, 1, 3)
+
+
+def test_study_run_caps_samples_with_a_warning(tmp_path, small_dataset, caplog):
+    preset = tmp_path / "study.yaml"
+    preset.write_text(
+        "model: {g_width: 4, d_width: 4, latent_dim: 8}\n"
+        f"train: {{batch_size: 4, progress: false, max_steps: 2, out_dir: {tmp_path / 'train'},\n"
+        "        runs: {wgan-wc-60k-5ep: {model: wgan-wc, epochs: 5, max_samples: 60000}}}\n"
+        f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: study}}\n")
+    args = argparse.Namespace(config=str(preset), study_run="wgan-wc-60k-5ep", model=None, dataset=str(small_dataset),
+                              epochs=None, max_samples=None, max_steps=None, batch_size=None, seed=None,
+                              device=None, out=None, resume=False)
+    config, label = resolve(args)
+    assert (config.model.name, config.train.epochs, config.data.max_samples, label) == \
+        ("wgan-wc", 5, 60000, "wgan-wc-60k-5ep")
+    with caplog.at_level(logging.WARNING):
+        result = train(config, label=label)
+    assert "60000 exceeds the 36 clips" in caplog.text
+    params = tracking.run_params(result.run_id, config.tracking.uri)
+    assert params["dataset.clips"] == "36" and params["data.max_samples"] == "60000"
+    assert params["optim.clip_value"] == "0.01" and params["optim.n_critic"] == "5"
+    assert (tmp_path / "train" / "wgan-wc-60k-5ep" / "LATEST").is_file()
+    args.study_run = "nope"
+    with pytest.raises(UserError, match="wgan-wc-60k-5ep"):
+        resolve(args)
+    with pytest.raises(UserError, match="--resume"):
+        train(make_config(tmp_path / "none", small_dataset), resume=True)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, small_dataset):
+    out = tmp_path / "train"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(REPO / "configs" / "quickstart.yaml"),
+           "--model", "wgan-gp", "--dataset", str(small_dataset), "--out", str(out), "--batch-size", "4",
+           "--epochs", "1000"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        pointer = out / "wgan-gp" / "LATEST"
+        deadline = time.monotonic() + 120
+        while not pointer.is_file():  # training has started once the run folder exists
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, output
+    run_id = pointer.read_text().strip()
+    state = torch.load(out / "wgan-gp" / run_id / "checkpoints" / "training-state-latest.pt", weights_only=True)
+    assert state["progress"]["step"] >= 1
+    run = tracking.get_client(env["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[tracking.STATUS_TAG] == "preempted"
+
+
+def test_prometheus_serves_and_pushes():
+    import http.server
+    import threading
+    import urllib.request
+
+    pushed = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            pushed.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_PUT
+
+        def log_message(self, *a):
+            pass
+
+    gw = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=gw.serve_forever, daemon=True).start()
+    prom = Prometheus("dcgan1", port=0, pushgateway=f"127.0.0.1:{gw.server_port}")
+    try:
+        prom.update(12, 2, {"d_loss": 0.5, "g_loss": 1.5}, 321.0)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{prom.server.server_port}/metrics").read().decode()
+        assert 'technogan_train_step{model="dcgan1"} 12.0' in body
+        assert 'technogan_train_loss{loss="g_loss",model="dcgan1"} 1.5' in body
+        assert 'technogan_train_samples_per_second{model="dcgan1"} 321.0' in body
+    finally:
+        prom.close()
+        gw.shutdown()
+    assert pushed and "/job/technogan-train/model/dcgan1" in pushed[0][0]
+    assert b"technogan_train_epoch" in pushed[0][1]
