@@ -19,6 +19,7 @@ Backends are picked from ``BACKENDS`` by name (``--backend``).
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.error
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ _MESSAGE_RULES: list[tuple[str, str, bool]] = [
     (r"not a bot|bot detection|po[_ ]?token", "bot_check", False),
     (r"timed? ?out", "timeout", False),
     (r"connection (reset|refused|aborted)|remote end closed|incomplete ?read|network is unreachable", "connection", False),
+    (r"failed to resolve|name or service not known|name resolution|transporterror|unable to download", "connection", False),
 ]
 
 
@@ -141,6 +143,25 @@ def short_text(text: Any, limit: int = 300) -> str:
 # ----------------------------------------------------------------------------- yt-dlp
 
 
+class _YdlLogger:
+    """Routes yt-dlp's messages to logging (it prints errors to stderr even when quiet);
+    the errors themselves reach us as exceptions and are reported once, sorted."""
+
+    _log = logging.getLogger("pipeline.scrape.yt_dlp")
+
+    def debug(self, msg: str) -> None:
+        self._log.debug("%s", msg)
+
+    def info(self, msg: str) -> None:
+        self._log.debug("%s", msg)
+
+    def warning(self, msg: str) -> None:
+        self._log.debug("%s", msg)
+
+    def error(self, msg: str) -> None:
+        self._log.debug("%s", msg)
+
+
 class YtDlpBackend:
     """yt-dlp: flat playlist listing (one request per page, not per video) and format
     selection from ``extract_info``. ``ydl_cls`` replaces ``yt_dlp.YoutubeDL`` in tests."""
@@ -160,6 +181,7 @@ class YtDlpBackend:
         opts = {
             "quiet": True,
             "no_warnings": True,
+            "logger": _YdlLogger(),
             "noprogress": True,
             "skip_download": True,
             "socket_timeout": self.config.read_timeout,

@@ -23,7 +23,7 @@ from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.scrape.backends import BACKENDS, Backend, make_backend
 from pipeline.scrape.playlists import load_playlists
-from pipeline.scrape.scrape import scrape
+from pipeline.scrape.loop import scrape
 from pipeline.shard import parse_shard
 
 log = logging.getLogger(__name__)

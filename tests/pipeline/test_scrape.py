@@ -19,9 +19,9 @@ import yaml
 from pipeline.config import MelConfig, ScrapeConfig, SegmentConfig
 from pipeline.fsutil import TMP_PREFIX
 from pipeline.scrape.download import HttpFetcher, RetryPolicy
+from pipeline.scrape.loop import scrape
 from pipeline.scrape.manifest import iter_records, manifest_files, read_manifest
 from pipeline.scrape.playlists import PlaylistEntry
-from pipeline.scrape.scrape import scrape
 from pipeline.shard import Shard
 from tests.pipeline.scrape_fakes import AudioServer, FakeBackend, FakeVideo, playlist_url, video_id
 

@@ -181,6 +181,9 @@ def test_ytdlp_without_audio_is_permanent(ydl):
                                 "by peer>"), TransientError, "connection"),
     (yt_dlp.utils.DownloadError("ERROR: [youtube] aaaaaaaaaaa: Sign in to confirm you're not a bot"),
      TransientError, "bot_check"),
+    (yt_dlp.utils.DownloadError("ERROR: [youtube:tab] PLw: Unable to download API page: HTTPSConnection(host="
+                                "'www.youtube.com', port=443): Failed to resolve 'www.youtube.com'"),
+     TransientError, "connection"),
 ])
 def test_ytdlp_errors_are_sorted(ydl, error, kind, reason):
     v = VideoInfo("aaaaaaaaaaa")
@@ -202,6 +205,7 @@ def test_real_youtubedl_accepts_the_options():
     with backend._ydl(extract_flat="in_playlist") as real:
         assert isinstance(real, yt_dlp.YoutubeDL)
         assert real.params["extract_flat"] == "in_playlist" and real.params["quiet"] is True
+        assert real.params["logger"] is not None  # yt-dlp's own stderr output goes to logging
 
 
 # ----------------------------------------------------------------------------- pytube (pytubefix)
