@@ -243,13 +243,17 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="larger request bodies get a 400")
     workers: int = Field(1, ge=1, le=64, description="TorchServe workers; each loads the model")
     batch_size: int = Field(8, ge=1, le=256, description="requests TorchServe batches into one handler call")
-    max_batch_delay_ms: int = Field(5, ge=0, le=10000, description="how long a batch waits to fill up")
+    max_batch_delay_ms: int = Field(2, ge=0, le=10000, description="how long a batch waits to fill up "
+                                    "(a lone request waits all of it)")
     queue_size: int = Field(1000, ge=1, le=100000, description="requests TorchServe queues before it answers 503")
     response_timeout_s: int = Field(120, ge=1, le=3600, description="a worker busier than this is restarted")
     wav_gap_seconds: float = Field(0.5, ge=0.0, le=10.0, description="silence between clips of a wav with n > 1")
     render_iterations: int = Field(16, ge=0, le=1000, description="Griffin-Lim iterations when serving wav")
+    render_mel_inverse: Literal["pinv", "nnls"] = Field("nnls", description="mel -> linear inverse when serving wav")
+    render_nnls_steps: int = Field(10, ge=0, le=1000, description="NNLS steps when render_mel_inverse is nnls")
     json_decimals: int = Field(2, ge=0, le=8, description="dB decimals in json responses (npy is exact)")
-    torch_threads: Optional[int] = Field(None, ge=1, le=256, description="per worker; null = torch's default")
+    torch_threads: Optional[int] = Field(1, ge=1, le=256, description="per worker: the frontend needs a core "
+                                         "too, and oversubscribed threads spin; null = torch's default")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -271,9 +275,9 @@ class EvaluateConfig(Section):
     beat_bpm: tuple[float, float] = Field((120.0, 150.0), description="tempo range of a techno beat")
     tempo_search_bpm: tuple[float, float] = Field((80.0, 200.0), description="range the tempo is searched in")
     beat_clarity: float = Field(0.3, gt=0.0, lt=1.0, description="onset autocorrelation at the beat period that counts as a beat")
-    encoder_steps: int = Field(300, ge=1, le=100000, description="training steps of the in-project feature encoder (track classifier)")
-    encoder_batch_size: int = Field(64, ge=2, le=4096)
-    encoder_width: int = Field(32, ge=4, le=512)
+    encoder_steps: int = Field(150, ge=1, le=100000, description="training steps of the in-project feature encoder (track classifier)")
+    encoder_batch_size: int = Field(32, ge=2, le=4096)
+    encoder_width: int = Field(16, ge=4, le=512)
     encoder_embed_dim: int = Field(64, ge=4, le=2048)
     encoder_lr: float = Field(2e-3, gt=0.0)
     encoder_dir: Optional[str] = Field(None, description="encoder cache; null = <dataset>/encoders")

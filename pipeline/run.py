@@ -88,12 +88,69 @@ def step_train(ctx: RunContext) -> None:
     print(f"\nBrowse the training runs: {ui}")
 
 
+def step_serve(ctx: RunContext) -> None:
+    """Package the champion (after evaluation/promotion), serve it with TorchServe on
+    loopback, request JSON, PNG and WAV, save them under ``<out>/served``, stop the server."""
+    from serving.demo import serve_demo
+
+    champion = ctx.state.get("champion")
+    run_id = getattr(champion, "run_id", None) or (champion.get("run_id") if isinstance(champion, dict) else None)
+    for label, path in serve_demo(ctx.config, ctx.out, expected_run_id=run_id).items():
+        ctx.outputs[label] = str(path)
+
+
+def step_evaluate(ctx: RunContext) -> None:
+    """Score every quickstart run (``ctx.state["train_runs"]``) against the dataset; the
+    scores go to each MLflow run, the reports under ``<out>/evaluation/<model>``."""
+    from pipeline.evaluate.evaluate import evaluate_run
+    from tracking.evaluation import already_evaluated
+
+    c = ctx.config
+    for name, run_id in dict(ctx.state.get("train_runs") or {}).items():
+        folder = ctx.out / "evaluation" / name
+        if already_evaluated(run_id, c.evaluate.selection_metric, c.evaluate.n, c.tracking.uri) \
+                and (folder / "report.json").is_file():
+            log.info("%s: run %s already evaluated; skipped", name, run_id)
+        else:
+            evaluate_run(run_id, "latest", ctx.dataset_dir, c.evaluate, c.tracking.uri, out=folder)
+        ctx.outputs[f"{name} evaluation"] = str(folder / "report.md")
+
+
+def step_promote(ctx: RunContext) -> None:
+    """Promote the best finished run to ``champion``, keep the comparison table, and render
+    a few of the champion's clips to WAV (with the mel grid and arrays) under ``<out>/champion``."""
+    from pipeline.evaluate.promote import promote
+    from pipeline.generate import generate_files
+    from tracking.registry import champion_checkpoint
+
+    c, ev = ctx.config, ctx.config.evaluate
+    result = promote(c.tracking.experiment, ev.selection_metric, ev.registry_model, ev.champion_alias,
+                     c.tracking.uri, out=ctx.out / "evaluation")
+    print("\n" + result.table_text + "\n")
+    ctx.outputs["comparison table"] = str(ctx.out / "evaluation" / "comparison.md")
+    ctx.outputs["champion"] = (f"{ev.registry_model}@{ev.champion_alias} = version {result.version} "
+                               f"(run {result.winner.run_id}, {result.winner.model})")
+    ctx.state["champion"] = {"name": ev.registry_model, "alias": ev.champion_alias, "version": result.version,
+                             "run_id": result.winner.run_id, "model": result.winner.model}
+    if ev.demo_wavs:
+        path, _ = champion_checkpoint(ctx.out / "champion" / "checkpoint", ev.registry_model, ev.champion_alias,
+                                      c.tracking.uri)
+        made = generate_files(path, ctx.out / "champion", n=ev.demo_wavs, formats=("png", "wav", "npy"),
+                              seed=ev.seed, render_iterations=ev.render_iterations,
+                              mel_inverse=ev.render_mel_inverse)
+        wavs = [f for f in made.files if f.suffix == ".wav"]
+        ctx.outputs["champion audio"] = f"{ctx.out / 'champion'} ({len(wavs)} WAV files, mels.png, mels.npy)"
+
+
 # The main job, in order. Later stages append their step here.
 STEPS: list[tuple[str, Callable[[RunContext], None]]] = [
     ("synth", step_synth),
     ("segment", step_segment),
     ("plot", step_plot),
     ("train", step_train),
+    ("evaluate", step_evaluate),
+    ("promote", step_promote),
+    ("serve", step_serve),  # keep last: it serves the champion that promotion chose
 ]
 
 

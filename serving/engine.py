@@ -38,8 +38,10 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     wav_gap_seconds: float = 0.5
     render_iterations: int = 16
+    render_mel_inverse: str = "nnls"
+    render_nnls_steps: int = 10
     json_decimals: int = 2
-    torch_threads: Optional[int] = None
+    torch_threads: Optional[int] = 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServeSettings":
@@ -82,7 +84,9 @@ class Engine:
         self.mel_config = MelConfig.from_dict(meta["mel_config"])
         self.latent_dim = int(meta["latent_dim"])
         self.resolution = int(meta["resolution"])
-        self.renderer = MelRenderer(self.mel_config, n_iter=settings.render_iterations, device=self.device)
+        self.renderer = MelRenderer(self.mel_config, n_iter=settings.render_iterations,
+                                    mel_inverse=settings.render_mel_inverse, nnls_steps=settings.render_nnls_steps,
+                                    device=self.device)
         self._seeds = np.random.default_rng()  # OS entropy: only for requests without a seed
 
     # -- latents and mels
@@ -97,7 +101,7 @@ class Engine:
         seed = request.seed if request.seed is not None else self.draw_seed()
         return latents_for_seed(seed, request.n, self.latent_dim), seed
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors refuse the in-place ops of plotting/rendering
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B, latent_dim] -> normalised mels at stored resolution [B, n_mels, n_frames] (CPU)."""
         if z.shape[0] == 0:
@@ -105,6 +109,15 @@ class Engine:
         x = self.generator(z.to(self.device, torch.float32))  # [B, 1, R, R]
         x = to_stored_resolution(x[:, 0].float(), self.mel_config)  # [B, M, T]
         return x.cpu()
+
+    def warm_up(self) -> None:
+        """One small request of every format, so the first client does not pay for lazy
+        set-up (filterbanks and their inverse, FFT plans, matplotlib's font cache)."""
+        from serving.request import FORMATS
+
+        mels = self.generate(latents_for_seed(0, 1, self.latent_dim))
+        for fmt in FORMATS:
+            ENCODERS[fmt](self, mels, 0)
 
     # -- response bodies, one per format
 
@@ -128,7 +141,8 @@ class Engine:
         return normalised_to_db(mels.numpy().astype(np.float32, copy=False), self.mel_config).astype(np.float32)
 
     def to_json(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
-        db = np.round(self.db(mels), self.settings.json_decimals)  # [n, M, T]
+        # float64 before rounding, or -40.01 comes out as the float32 -40.0099983215332
+        db = np.round(self.db(mels).astype(np.float64), self.settings.json_decimals)  # [n, M, T]
         doc = {
             "mels": db.tolist(),
             "shape": list(db.shape),

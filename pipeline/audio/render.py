@@ -80,7 +80,7 @@ MEL_INVERSES: dict[str, Callable[..., torch.Tensor]] = {"pinv": _pinv, "nnls": _
 
 @functools.lru_cache(maxsize=8)
 def _filterbanks(cfg: MelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    fb = torch.from_numpy(mel_filterbank(cfg)).double()  # [M, F]
+    fb = torch.from_numpy(np.array(mel_filterbank(cfg))).double()  # [M, F] (a copy: the cached array is shared)
     # pinv in float64: the Slaney filters span ~3 orders of magnitude in height
     return fb.float(), torch.linalg.pinv(fb).float()  # [M, F], [F, M]
 

@@ -33,22 +33,25 @@ from pipeline.fsutil import atomic_path, sha256_file
 log = logging.getLogger(__name__)
 
 ENCODER_FORMAT = "technogan-encoder/1"
+ARCHITECTURE = 2  # bump when TrackEncoder changes: cached encoders of another architecture are retrained
 
 
 class TrackEncoder(nn.Module):
     """[B, 1, R, R] mels -> embeddings [B, embed_dim] and track logits [B, n_tracks].
 
-    Four conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) widen from ``width``
-    to 4 x ``width`` channels, global average pooling makes it resolution-agnostic.
+    A strided 4x4 conv halves the input first (the cost of every later layer drops by
+    four), then three conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) widen to
+    4 x ``width`` channels; global average pooling makes it resolution-agnostic.
     """
 
-    def __init__(self, n_tracks: int, width: int = 32, embed_dim: int = 64):
+    def __init__(self, n_tracks: int, width: int = 16, embed_dim: int = 64):
         super().__init__()
-        chans = [1, width, 2 * width, 4 * width, 4 * width]
-        layers: list[nn.Module] = []
+        chans = [width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU(inplace=True)]
         for cin, cout in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+                       nn.MaxPool2d(2, ceil_mode=True)]  # ceil: 8x8 inputs still work
         self.features = nn.Sequential(*layers)
         self.embed = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1], embed_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_tracks)
@@ -89,7 +92,7 @@ def encoder_key(fingerprint: str, resolution: int, n_tracks: int, cfg: EvaluateC
     """Cache key: the data and every setting that changes the trained weights."""
     settings = {"fingerprint": fingerprint, "resolution": resolution, "n_tracks": n_tracks,
                 "steps": cfg.encoder_steps, "batch_size": cfg.encoder_batch_size, "width": cfg.encoder_width, "embed_dim": cfg.encoder_embed_dim,
-                "lr": cfg.encoder_lr, "seed": cfg.seed, "format": ENCODER_FORMAT}
+                "lr": cfg.encoder_lr, "seed": cfg.seed, "format": ENCODER_FORMAT, "architecture": ARCHITECTURE}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

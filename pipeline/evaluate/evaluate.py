@@ -260,10 +260,16 @@ def evaluate_run(run_id: str, which: str = "latest", dataset: str | Path | None 
             key = cfg.selection_metric[len(PREFIX):] if cfg.selection_metric.startswith(PREFIX) else cfg.selection_metric
             pick = max if higher_is_better(key) else min
             final_name, final = pick(scored, key=lambda nr: nr[1].metrics.get(key, float("nan")))
+        # MLflow shows a metric's value at the highest step (then the latest timestamp), so
+        # the final report goes last, at the highest step, with a strictly later timestamp
         ordered = [nr for nr in scored if nr[0] != final_name] + [(final_name, final)]
+        final_step = max(_step_of(r) for _, r in scored)
+        ts = int(time.time() * 1000)
         for name, report in ordered:
             files = report.write(out_dir / name)
-            tracking_eval.log_evaluation(run_id, report.mlflow_metrics(), step=_step_of(report),
+            step = final_step if name == final_name else _step_of(report)
+            ts = max(int(time.time() * 1000), ts + 1)
+            tracking_eval.log_evaluation(run_id, report.mlflow_metrics(), step=step, timestamp_ms=ts,
                                          files=[(f, f"evaluation/{name}") for f in files], uri=uri)
         assert real is not None
         tracking_eval.log_encoder(run_id, real.encoder.path, real.encoder.id, uri=uri,

@@ -7,6 +7,7 @@ Backend: nccl on CUDA, gloo on CPU. Only rank 0 logs to MLflow and writes checkp
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,10 @@ def wrap(module: nn.Module, dist: Dist) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    with warnings.catch_warnings():
+        # torch 2.13 renames the flag; the old one keeps exactly the behaviour wanted here
+        warnings.simplefilter("ignore", FutureWarning)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
 def any_rank(flags: list[bool], dist: Dist) -> list[bool]:

@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make_config(tmp_path: Path, dataset: Path, **train):
-    """A tiny run: widths 4, batches of 4 (36 clips -> 9 batches an epoch), its own MLflow store."""
-    t = {"batch_size": 4, "epochs": 3, "checkpoint_every": 4, "sample_every": 1000, "progress": False,
+    """A tiny run: 32x32, widths 4, batches of 4 (36 clips -> 9 batches an epoch), its own MLflow store."""
+    t = {"batch_size": 4, "epochs": 3, "checkpoint_every": 4, "sample_every": 1000, "progress": False, "n_samples": 4,
          "dataset": str(dataset), "out_dir": str(tmp_path / "train"), **train}
     return load_config(None, {
-        "model.g_width": 4, "model.d_width": 4, "model.latent_dim": 16,
+        "model.g_width": 4, "model.d_width": 4, "model.latent_dim": 16, "data.resolution": 32,
         **{f"train.{k}": v for k, v in t.items()},
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment": "test",
         "tracking.spool_dir": str(tmp_path / "spool"), "tracking.flush_timeout_s": 30,
@@ -79,8 +79,8 @@ def test_mlflow_run_has_params_metrics_grids_plot_and_checkpoints(tmp_path, smal
     assert raw["format"] == ckpt.GENERATOR_FORMAT
     g, meta = ckpt.load_generator(path)
     assert meta["run_id"] == result.run_id and meta["step"] == 18 and meta["epoch"] == 2
-    assert meta["model"] == "dcgan1" and meta["resolution"] == 64 and meta["mel_config"]["n_mels"] == 128
-    assert g(torch.randn(2, 16)).shape == (2, 1, 64, 64)
+    assert meta["model"] == "dcgan1" and meta["resolution"] == 32 and meta["mel_config"]["n_mels"] == 128
+    assert g(torch.randn(2, 16)).shape == (2, 1, 32, 32)
     state = torch.load(tracking.download_checkpoint(result.run_id, "1", uri=config.tracking.uri), weights_only=True)
     assert ckpt.read_meta(path)["step"] == 18 and state["format"] == ckpt.GENERATOR_FORMAT
     full = torch.load(result.run_dir / "checkpoints" / "training-state-latest.pt", weights_only=True)
@@ -157,7 +157,7 @@ def test_divergence_guard_reasons():
 def test_study_run_caps_samples_with_a_warning(tmp_path, small_dataset, caplog):
     preset = tmp_path / "study.yaml"
     preset.write_text(
-        "model: {g_width: 4, d_width: 4, latent_dim: 8}\n"
+        "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
         f"train: {{batch_size: 4, progress: false, max_steps: 2, out_dir: {tmp_path / 'train'},\n"
         "        runs: {wgan-wc-60k-5ep: {model: wgan-wc, epochs: 5, max_samples: 60000}}}\n"
         f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: study}}\n")
@@ -184,7 +184,10 @@ def test_study_run_caps_samples_with_a_warning(tmp_path, small_dataset, caplog):
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, small_dataset):
     out = tmp_path / "train"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(REPO / "configs" / "quickstart.yaml"),
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
+                      "train: {progress: false, n_samples: 4, sample_every: 100000}\n")
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(preset),
            "--model", "wgan-gp", "--dataset", str(small_dataset), "--out", str(out), "--batch-size", "4",
            "--epochs", "1000"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)

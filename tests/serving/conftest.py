@@ -43,12 +43,22 @@ def trained_run(serve_run_config, small_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def model_store(serve_run_config, trained_run, tmp_path_factory) -> Path:
-    """A model store with technogan.mar packaged from the run (downloaded from MLflow)."""
+def champion_version(serve_run_config, trained_run):
+    """The run registered and aliased ``champion``, as ``technogan promote`` leaves it."""
+    from tracking.registry import register_generator
+
+    ev = serve_run_config.evaluate
+    return register_generator(trained_run.run_id, ev.registry_model, ev.champion_alias,
+                              uri=serve_run_config.tracking.uri)
+
+
+@pytest.fixture(scope="session")
+def model_store(serve_run_config, champion_version, tmp_path_factory) -> Path:
+    """A model store with technogan.mar packaged from the champion (weights downloaded from MLflow)."""
     from serving.package import package
 
     store = tmp_path_factory.mktemp("model_store")
-    package(serve_run_config, store, run_id=trained_run.run_id)
+    package(serve_run_config, store)  # no source given: the champion alias
     return store
 
 

@@ -51,7 +51,7 @@ def test_initialize_loads_the_archive(handler, model_store):
     assert not handler.model.training  # eval mode: BatchNorm running stats, no Dropout
 
 
-def test_manifest_and_description(model_store, trained_run):
+def test_manifest_and_description(model_store, trained_run, champion_version):
     with zipfile.ZipFile(model_store / "technogan.mar") as z:
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
@@ -63,6 +63,9 @@ def test_manifest_and_description(model_store, trained_run):
     assert "batchSize: 8" in config and "minWorkers: 1" in config and "maxWorkers: 1" in config
     desc = read_description(model_store / "technogan.mar")
     assert desc["run_id"] == trained_run.run_id
+    assert desc["version"] == str(champion_version.version)  # archive version = registry version
+    assert desc["registry"] == {"name": champion_version.name, "version": str(champion_version.version),
+                                "alias": "champion"}
     assert desc["model"] == "dcgan1"
     assert MelConfig.from_dict(desc["mel_config"]) == MelConfig()
 

@@ -1,0 +1,190 @@
+"""Benchmark serving: a real TorchServe against the same work done in-process.
+
+Prints JSON. For each case (``json`` n=1, ``png`` n=16, ``wav`` n=1, a 5 s clip):
+
+- ``in_process``: the handler's own work without TorchServe, one request at a time
+  (interleaved with the ``served_c1`` requests, so both see the same machine load):
+  parse the body, draw the latents, generator forward, encode the answer (JSON dump,
+  plot, or Griffin-Lim render + WAV) with ``serving.engine.Engine``, same settings
+  (Griffin-Lim iterations, torch threads) as the served archive;
+- ``served_c1`` / ``served_c8``: HTTP POSTs to TorchServe over loopback from 1 and 8
+  client threads (keep-alive sessions), timed until the whole body has arrived.
+
+Each gives p50/p99 latency (ms) and requests per second. ``overhead_ms_p50`` is
+served_c1 p50 minus in_process p50: what TorchServe (HTTP, queue, batching delay,
+frontend <-> worker socket, response copy) adds to one request. Targets on a 2-core
+machine: ``json`` overhead <= 15 ms; ``wav`` served_c1 p50 < 250 ms.
+
+    python benchmarks/bench_serve.py [--config configs/quickstart.yaml] [--checkpoint PATH] [--quick]
+
+Without ``--checkpoint`` a freshly initialised generator of the config's model is
+used (weights do not change the cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+import yaml
+
+from pipeline.checkpoint import load_generator, save_generator
+from pipeline.config import MelConfig, RunConfig, load_config
+from pipeline.models.registry import get_model
+from serving.engine import Engine, ServeSettings
+from serving.package import package, read_description, serve_settings
+from serving.request import Limits, parse_request
+from serving.server import Ports, TorchServe
+
+CASES = {  # name -> request body
+    "json_n1": {"format": "json", "n": 1},
+    "png_n16": {"format": "png", "n": 16},
+    "wav_n1": {"format": "wav", "n": 1},
+}
+
+
+def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "req_per_s": round(len(ms) / wall_s, 2), "requests": int(len(ms))}
+
+
+def fresh_checkpoint(config: RunConfig, folder: Path) -> Path:
+    torch.manual_seed(0)
+    g = get_model(config.model.name).build_generator(config.model, config.data.resolution)
+    meta = {"model": config.model.name, "model_config": config.model.model_dump(),
+            "resolution": config.data.resolution, "latent_dim": config.model.latent_dim,
+            "mel_config": config.mel.to_dict(), "run_id": None}
+    return save_generator(folder / "generator-bench.pt", g, meta)
+
+
+def run_once(engine: Engine, limits: Limits, raw: bytes) -> bytes:
+    """What the handler does for one request, minus TorchServe."""
+    request = parse_request(raw, limits)
+    z, seed = engine.latents(request)
+    mels = engine.generate(z)
+    return engine.encode(request, mels, seed)
+
+
+def bench_c1(engine: Engine, limits: Limits, url: str, body: dict, repeats: int) -> dict[str, dict]:
+    """In-process and served one request at a time, interleaved so both see the same
+    machine load (other processes come and go on a shared box)."""
+    raw = json.dumps(body).encode()
+    session = requests.Session()
+    headers = {"Content-Type": "application/json"}
+
+    def served() -> float:
+        t = time.perf_counter()
+        r = session.post(url, data=raw, headers=headers, timeout=300)
+        _ = r.content
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+        return time.perf_counter() - t
+
+    def local() -> float:
+        t = time.perf_counter()
+        run_once(engine, limits, raw)
+        return time.perf_counter() - t
+
+    for _ in range(2):  # warm-up: filterbanks, matplotlib fonts, keep-alive connection
+        local(), served()
+    lat_local, lat_served = [], []
+    for _ in range(repeats):
+        lat_local.append(local())
+        lat_served.append(served())
+    return {"in_process": summary(lat_local, sum(lat_local)), "served_c1": summary(lat_served, sum(lat_served))}
+
+
+def bench_concurrent(url: str, body: dict, repeats: int, concurrency: int) -> dict[str, float]:
+    """``repeats`` requests from ``concurrency`` client threads, one keep-alive session each."""
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    tls = threading.local()
+
+    def one(_: int) -> float:
+        s = getattr(tls, "session", None)
+        if s is None:
+            s = tls.session = requests.Session()
+        t = time.perf_counter()
+        r = s.post(url, data=data, headers=headers, timeout=300)
+        _ = r.content
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+        return time.perf_counter() - t
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency)))  # warm-up: a session per thread
+        t0 = time.perf_counter()
+        lat = list(pool.map(one, range(repeats)))
+        wall = time.perf_counter() - t0
+    return summary(lat, wall)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/quickstart.yaml")
+    p.add_argument("--checkpoint", help="generator checkpoint (default: freshly initialised)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set serve.max_batch_delay_ms=1 (YAML value)")
+    args = p.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    config = load_config(args.config if Path(args.config).is_file() else None, overrides)
+    reps = {"json_n1": 60, "png_n16": 6, "wav_n1": 20} if not args.quick else {"json_n1": 10, "png_n16": 2, "wav_n1": 4}
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
+        tmp = Path(tmp_name)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else fresh_checkpoint(config, tmp)
+        archive = package(config, tmp / "store", checkpoint=str(checkpoint))
+        desc = read_description(archive)
+
+        # in-process: the handler's engine with the archive's own settings (torch threads too)
+        settings = ServeSettings.from_dict(serve_settings(config.serve))
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        generator, meta = load_generator(checkpoint)
+        engine = Engine(generator, meta, settings)
+        limits = Limits(latent_dim=engine.latent_dim, max_n=settings.max_n, max_body_bytes=settings.max_body_bytes)
+        results: dict[str, dict] = {}
+        with TorchServe(tmp / "store", tmp / "ts", config.serve, MelConfig.from_dict(desc["mel_config"]),
+                        Ports.free()) as server:
+            for name, body in CASES.items():
+                results[name] = bench_c1(engine, limits, server.predictions_url, body, reps[name])
+                results[name]["served_c8"] = bench_concurrent(server.predictions_url, body, max(reps[name], 16), 8)
+                results[name]["overhead_ms_p50"] = round(
+                    results[name]["served_c1"]["p50_ms"] - results[name]["in_process"]["p50_ms"], 2)
+
+    report = {
+        "benchmark": "serve",
+        "machine": {"cpus": os.cpu_count(),
+                    "torch": torch.__version__},
+        "model": {"name": desc["model"], "resolution": desc["resolution"], "latent_dim": desc["latent_dim"],
+                  "g_width": desc["model_config"].get("g_width")},
+        "serve": {k: getattr(config.serve, k) for k in ("workers", "batch_size", "max_batch_delay_ms",
+                                                        "render_iterations", "render_mel_inverse",
+                                                        "render_nnls_steps", "torch_threads")},
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on the box skew every figure
+        "cases": results,
+        "targets": {
+            "json_overhead_ms_p50": results["json_n1"]["overhead_ms_p50"],
+            "json_overhead_ok": results["json_n1"]["overhead_ms_p50"] <= 15.0,
+            "wav_n1_served_p50_ms": results["wav_n1"]["served_c1"]["p50_ms"],
+            "wav_n1_ok": results["wav_n1"]["served_c1"]["p50_ms"] < 250.0,
+        },
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Serve ``<model-store>/technogan.mar`` with TorchServe in the foreground, until Ctrl-C.
+
+    technogan serve [--model-store model-store] [--port 8080] [--config FILE]
+
+Binds 127.0.0.1 only: inference on --port (default 8080), management on port+1,
+Prometheus metrics on port+2 (``/metrics``) and TorchServe's gRPC endpoints, which
+technogan does not use but TorchServe always opens, on port+3 and port+4. Token auth is disabled explicitly
+(``--disable-token-auth``), which is only acceptable because nothing but this machine
+can reach those ports; containers use ``serving/config.properties`` (binds 0.0.0.0)
+behind a NetworkPolicy instead. Config snapshots are off (``--ncs``). Ctrl-C (or
+SIGTERM) stops TorchServe and its workers and exits 0.
+
+    curl -X POST http://127.0.0.1:8080/predictions/technogan \\
+         -H 'Content-Type: application/json' -d '{"n": 4, "format": "png"}' -o mels.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from pathlib import Path
+
+from pipeline.config import MelConfig, load_config
+from pipeline.errors import UserError
+from serving.package import read_description
+from serving.server import ARCHIVE_NAME, Ports, TorchServe
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-store", default="model-store", help="folder holding technogan.mar (default: %(default)s)")
+    p.add_argument("--port", type=int, help="inference port (default: the config's serve.port, 8080); "
+                                            "management is port+1, metrics port+2, (unused) gRPC port+3 and +4")
+    p.add_argument("--config", help="YAML preset for the serve section (default: embedded defaults)")
+    p.add_argument("--workdir", help="TorchServe's logs and temp files (default: <model-store>/.torchserve)")
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = Path(args.model_store)
+    archive = store / ARCHIVE_NAME
+    if not archive.is_file():
+        raise UserError(f"{archive}: not found; build it first with `technogan package --out {store}`")
+    desc = read_description(archive)
+    port = args.port or config.serve.port
+    if not 1 <= port <= 65531:
+        raise UserError(f"--port {port}: must be between 1 and 65531 (port+1 to port+4 are used too)")
+    server = TorchServe(store, Path(args.workdir) if args.workdir else store / ".torchserve", config.serve,
+                        MelConfig.from_dict(desc["mel_config"]), Ports.from_base(port), bind="127.0.0.1",
+                        foreground_output=True)
+    log.warning("token auth is DISABLED (--disable-token-auth): TorchServe listens on 127.0.0.1 only, "
+                "for local use; do not expose these ports")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        try:
+            server.start()
+        except RuntimeError as e:  # exited or never ready: the message carries TorchServe's log tail
+            raise UserError(f"TorchServe did not start (is port {port}, {port + 1} or {port + 2} taken?)\n{e}") from None
+        print(f"\ntechnogan {desc['model']} (registry version {desc['version']}, run {desc['run_id']}) is served:\n"
+              f"  predictions  POST {server.predictions_url}\n"
+              f"  management   {server.management_url}/models/technogan\n"
+              f"  metrics      {server.metrics_url}\n"
+              f"  logs         {server.workdir / 'logs'}\n"
+              f"Ctrl-C stops it.\n", flush=True)
+        code = server.wait()
+        log.error("TorchServe exited on its own with code %s", code)
+        return 1
+    except KeyboardInterrupt:
+        log.info("stopping TorchServe")
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,87 @@
+"""`technogan promote`: the best finished run by the selection metric becomes the
+champion in a real (temporary) MLflow registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main as cli_main
+from pipeline.errors import UserError
+from pipeline.evaluate.promote import promote
+from tests.tracking.eval_runs import make_run, store_uri
+from tracking import registry
+from tracking.runs import get_client
+
+
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Three finished runs with known scores, and an unfinished one that would win."""
+    uri = store_uri(tmp_path)
+    scores = {"dcgan1": (5.0, 3.0), "dcgan2": (2.0, 1.5), "wgan-gp": (9.0, 6.0)}  # (fd_learned, inception_score)
+    ids = {m: make_run(uri, "promo", tmp_path, model=m, name=m, metrics={
+        "eval.fd_learned": fd, "eval.inception_score": is_, "eval.baseline.fd_learned": 0.5,
+        "eval.baseline.inception_score": 6.5, "epoch": 3.0}) for m, (fd, is_) in scores.items()}
+    ids["running"] = make_run(uri, "promo", tmp_path, model="wgan-wc", metrics={"eval.fd_learned": 0.1},
+                              status="RUNNING")
+    return uri, ids
+
+
+def test_promote_picks_the_lowest_fd_and_sets_the_champion_alias(runs, tmp_path):
+    uri, ids = runs
+    result = promote("promo", "eval.fd_learned", "gen-test", "champion", uri, out=tmp_path / "p")
+    assert result.winner.run_id == ids["dcgan2"]  # lowest FD among finished runs; the RUNNING one is ignored
+    mv = registry.resolve_alias("champion", "gen-test", uri)
+    assert mv.run_id == ids["dcgan2"] and str(mv.version) == result.version
+    assert mv.source.rstrip("/").endswith("checkpoints")
+    assert mv.tags["selection_metric"] == "eval.fd_learned" and float(mv.tags["selection_value"]) == 2.0
+    # the table lists every finished run, best first, then the real-vs-real baseline
+    names = [row[0] for row in result.body]
+    assert names == ["dcgan2", "dcgan1", "wgan-gp", "(real vs real)"]
+    assert result.header[:5] == ["run", "model", "samples", "epochs", "fd_learned"]
+    data = json.loads((tmp_path / "p" / "comparison.json").read_text())
+    assert data["winner"] == ids["dcgan2"] and data["alias"] == "champion"
+    # and it is logged to the winning run
+    arts = {a.path for a in get_client(uri).list_artifacts(ids["dcgan2"], "promotion")}
+    assert arts == {"promotion/comparison.md", "promotion/comparison.json"}
+    # the champion's checkpoint can be fetched back
+    path, _ = registry.champion_checkpoint(tmp_path / "dl", "gen-test", "champion", uri)
+    from pipeline.checkpoint import read_meta
+
+    assert read_meta(path)["model"] == "dcgan2"
+
+
+def test_promote_respects_the_metric_direction_and_moves_the_alias(runs):
+    uri, ids = runs
+    first = promote("promo", "eval.fd_learned", "gen-test", "champion", uri)
+    second = promote("promo", "eval.inception_score", "gen-test", "champion", uri)  # higher is better
+    assert second.winner.run_id == ids["wgan-gp"]
+    assert registry.resolve_alias("champion", "gen-test", uri).run_id == ids["wgan-gp"]
+    assert int(second.version) == int(first.version) + 1
+    # promoting a run that already has a version reuses it
+    again = promote("promo", "eval.fd_learned", "gen-test", "champion", uri)
+    assert again.version == first.version
+    assert registry.resolve_alias("champion", "gen-test", uri).run_id == ids["dcgan2"]
+
+
+def test_promote_errors_name_what_is_missing(runs, tmp_path):
+    uri, _ = runs
+    with pytest.raises(UserError, match="eval.nothing"):
+        promote("promo", "eval.nothing", "gen-test", "champion", uri)
+    with pytest.raises(UserError, match="no finished runs"):
+        promote("empty-experiment", "eval.fd_learned", "gen-test", "champion", uri)
+
+
+def test_cli_promote_prints_the_table(runs, monkeypatch, capsys, tmp_path):
+    uri, ids = runs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert cli_main(["promote", "--experiment", "promo"]) == 0
+    out = capsys.readouterr().out
+    assert "dcgan2" in out and "(real vs real)" in out and "@champion" in out
+    assert registry.resolve_alias("champion", uri=uri).run_id == ids["dcgan2"]  # default name from config

@@ -1,0 +1,114 @@
+"""tracking.runs against a real local SQLite store: logging, the spool, reading runs back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.errors import UserError
+from tracking import runs as tracking
+
+
+@pytest.fixture
+def uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.tracking_uri("http://configured:5000") == "http://configured:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert tracking.tracking_uri("http://configured:5000") == "http://env:5000"
+
+
+def test_flatten_nested_config():
+    flat = tracking.flatten({"model": {"name": "dcgan1", "betas": [0.5, 0.9]}, "seed": 0, "x": None, "e": {}})
+    assert flat == {"model.name": "dcgan1", "model.betas": "[0.5, 0.9]", "seed": "0", "x": "null", "e": "{}"}
+
+
+def test_a_run_logs_everything_and_keeps_artifacts_beside_the_db(tmp_path, uri):
+    (tmp_path / "ck.pt").write_bytes(b"weights")
+    run = tracking.TrackedRun.start("exp", "r1", uri=uri, tags={"technogan.model": "dcgan1"},
+                                    spool_dir=tmp_path / "spool")
+    run.log_params({"model": {"name": "dcgan1"}, "dataset": {"path": "/data/x"}})
+    run.log_params({f"p{i}": i for i in range(250)})  # over MLflow's 100 params per request
+    for step in range(1, 1201):  # over 1000 metrics per request once batched
+        run.log_metrics({"d_loss": 1.0 / step}, step)
+    run.log_artifact(tmp_path / "ck.pt", "checkpoints")
+    run.set_tags({"technogan.status": "finished"})
+    assert run.finish() is True
+    client = tracking.get_client(uri)
+    r = client.get_run(run.run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["technogan.status"] == "finished"
+    assert r.data.params["model.name"] == "dcgan1" and r.data.params["p249"] == "249"
+    assert len(client.get_metric_history(run.run_id, "d_loss")) == 1200
+    assert tracking.run_dataset(run.run_id, uri) == "/data/x"
+    # the SQLite store keeps its artifacts in mlruns/ beside the database
+    assert r.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
+    assert [a.path for a in client.list_artifacts(run.run_id, "checkpoints")] == ["checkpoints/ck.pt"]
+    assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").iterdir())
+    with pytest.raises(RuntimeError):
+        run.log_metrics({"late": 1.0}, 1)
+
+
+def test_a_param_the_store_refuses_is_dropped_not_retried_forever(tmp_path, uri):
+    run = tracking.TrackedRun.start("exp", uri=uri, spool_dir=tmp_path / "spool")
+    run.log_params({"a": 1})
+    run.log_params({"a": 2})  # MLflow params are immutable
+    run.log_metrics({"m": 1.0}, 1)
+    assert run.finish(timeout_s=30) is True
+    r = tracking.get_client(uri).get_run(run.run_id)
+    assert r.data.params["a"] == "1" and r.data.metrics["m"] == 1.0
+
+
+def test_unsent_records_are_spooled_and_replayed(tmp_path, uri, monkeypatch):
+    run = tracking.TrackedRun.start("exp", uri=uri, spool_dir=tmp_path / "spool", max_backoff_s=0.2)
+    (tmp_path / "ck.pt").write_bytes(b"weights")
+
+    def down(*a, **k):
+        raise ConnectionError("server down")
+
+    monkeypatch.setattr(tracking, "_send", down)  # the store goes away
+    run.log_metrics({"g_loss": 0.5}, 7)
+    run.log_artifact(tmp_path / "ck.pt", "checkpoints")
+    assert run.finish(timeout_s=1.0) is False
+    spooled = tmp_path / "spool" / f"{run.run_id}.jsonl"
+    kinds = [json.loads(line)["kind"] for line in spooled.read_text().splitlines()]
+    assert kinds == ["metrics", "artifact", "terminate"]
+    assert tracking.flush_spool(tmp_path / "spool", uri) == 0  # still down: nothing lost, file kept
+    assert spooled.is_file()
+    monkeypatch.undo()  # the store is back
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.flush_spool(tmp_path / "spool", uri) == 3
+    assert not spooled.exists()
+    client = tracking.get_client(uri)
+    r = client.get_run(run.run_id)
+    assert r.data.metrics["g_loss"] == 0.5 and r.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.run_id, "checkpoints")] == ["checkpoints/ck.pt"]
+
+
+def test_download_checkpoint_and_errors(tmp_path, uri):
+    ck = tmp_path / "local" / "generator-latest.pt"
+    ck.parent.mkdir()
+    ck.write_bytes(b"gen")
+    run = tracking.TrackedRun.start("exp", uri=uri, spool_dir=tmp_path / "spool")
+    run.log_artifact(ck, tracking.CHECKPOINT_DIR)
+    run.set_tags({tracking.LOCAL_DIR_TAG: str(ck.parent)})
+    run.finish()
+    got = tracking.download_checkpoint(run.run_id, uri=uri, dst=tmp_path / "dl")
+    assert got.read_bytes() == b"gen" and (tmp_path / "dl") in got.parents
+    assert tracking.checkpoint_artifact_path(3) == "checkpoints/generator-epoch-3.pt"
+    with pytest.raises(UserError, match="generator-epoch-9"):
+        tracking.download_checkpoint(run.run_id, 9, uri=uri, dst=tmp_path / "dl2")
+    with pytest.raises(UserError, match="dataset.path"):
+        tracking.run_dataset(run.run_id, uri)
+
+
+def test_an_unusable_store_is_a_user_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError, match="127.0.0.1:9"):
+        tracking.TrackedRun.start("exp", uri="http://127.0.0.1:9", start_timeout_s=0.5, spool_dir=tmp_path)

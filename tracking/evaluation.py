@@ -1,0 +1,77 @@
+"""MLflow side of ``technogan evaluate``: which checkpoints a run has, and logging
+scores, reports and the encoder that produced them to the run.
+
+Layout added to a training run (see tracking.runs for the rest)::
+
+    evaluation/<checkpoint>/report.json, report.md   one folder per scored checkpoint
+    evaluation/encoder/encoder-<key>.pt                the feature encoder used
+
+Metrics: ``eval.<key>`` and ``eval.baseline.<key>`` (step = the checkpoint's epoch).
+Tags: ``technogan.eval.encoder`` (the encoder's sha256 prefix), ``technogan.eval.checkpoint``
+(the checkpoint whose scores were logged last), ``technogan.eval.n``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from tracking.runs import CHECKPOINT_DIR, get_client
+
+ENCODER_TAG = "technogan.eval.encoder"
+_GENERATOR = re.compile(r"^generator-(.+)\.pt$")
+_MAX_METRICS_PER_BATCH = 1000
+
+
+def generator_checkpoints(run_id: str, uri: str | None = None) -> list[str]:
+    """Names of the run's generator checkpoints: ``epoch-N`` in epoch order, then ``best``
+    and ``latest`` when present."""
+    client = get_client(uri)
+    names = []
+    for f in client.list_artifacts(run_id, CHECKPOINT_DIR):
+        m = _GENERATOR.match(Path(f.path).name)
+        if m and not f.is_dir:
+            names.append(m.group(1))
+
+    def order(name: str) -> tuple[int, int]:
+        if name.startswith("epoch-") and name[6:].isdigit():
+            return (0, int(name[6:]))
+        return (1, 0 if name == "best" else 1)
+
+    return sorted(names, key=order)
+
+
+def log_evaluation(run_id: str, metrics: Mapping[str, float], step: int = 0,
+                   files: Iterable[tuple[str | os.PathLike, str]] = (), tags: Mapping[str, str] | None = None,
+                   uri: str | None = None, timestamp_ms: int | None = None) -> None:
+    """Log ``metrics`` (one key per number) at ``step``, upload ``files`` as (local path,
+    artifact folder) and set ``tags`` on the run, synchronously. ``timestamp_ms`` orders
+    values logged at one step (MLflow shows the latest)."""
+    from mlflow.entities import Metric, RunTag
+
+    client = get_client(uri)
+    ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+    items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+    for s in range(0, len(items), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[s:s + _MAX_METRICS_PER_BATCH], synchronous=True)
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+    for local, folder in files:
+        client.log_artifact(run_id, str(local), folder)
+
+
+def log_encoder(run_id: str, path: str | os.PathLike, encoder_id: str, uri: str | None = None,
+                tags: Mapping[str, str] | None = None) -> None:
+    """Upload the encoder checkpoint to the run and tag the run with its id."""
+    log_evaluation(run_id, {}, files=[(path, "evaluation/encoder")],
+                   tags={ENCODER_TAG: encoder_id, **dict(tags or {})}, uri=uri)
+
+
+def already_evaluated(run_id: str, metric: str, n: int, uri: str | None = None) -> bool:
+    """Whether the run has ``metric`` from an evaluation of ``n`` clips (lets `technogan run`
+    skip scoring it again)."""
+    run = get_client(uri).get_run(run_id)
+    return metric in run.data.metrics and run.data.tags.get("technogan.eval.n") == str(n)

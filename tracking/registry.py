@@ -1,0 +1,150 @@
+"""The MLflow model registry: comparing finished runs, registering the winner's
+generator and pointing the ``champion`` alias at it (MLflow 3: aliases, no stages).
+
+A registered version's ``source`` is the run's ``checkpoints`` artifact folder (the
+generator checkpoint format of ``pipeline.checkpoint``, never a pickled module); its
+``run_id`` is the training run, so ``tracking.runs.download_checkpoint(version.run_id)``
+fetches the weights. Version tags: ``checkpoint`` (artifact path of the generator),
+``selection_metric`` and its value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tracking.runs import MODEL_TAG, checkpoint_artifact_path, ensure_experiment, get_client
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "technogan-generator"
+DEFAULT_ALIAS = "champion"
+
+
+@dataclass
+class RunRow:
+    """What promotion needs to know about one finished run."""
+
+    run_id: str
+    name: str
+    model: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> str:
+        for key in ("dataset.clips", "data.max_samples"):
+            v = self.params.get(key)
+            if v not in (None, "", "null", "None"):
+                return v
+        return "-"
+
+    @property
+    def epochs(self) -> str:
+        if "epoch" in self.metrics:  # what training reached, not just what it was asked for
+            return f"{self.metrics['epoch']:.3g}"
+        return self.params.get("train.epochs", "-")
+
+
+def finished_runs(experiment: str, uri: str | None = None, max_results: int = 1000) -> list[RunRow]:
+    """Every FINISHED run of ``experiment`` (none if it does not exist), newest first."""
+    client = get_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=max_results, order_by=["attributes.start_time DESC"])
+    return [RunRow(run_id=r.info.run_id, name=r.info.run_name or r.info.run_id[:8],
+                   model=r.data.tags.get(MODEL_TAG, r.data.params.get("model.name", "?")),
+                   params=dict(r.data.params), metrics=dict(r.data.metrics), tags=dict(r.data.tags)) for r in runs]
+
+
+def _wait_ready(client, name: str, version: str, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        mv = client.get_model_version(name, version)
+        if mv.status != "PENDING_REGISTRATION" or time.monotonic() > deadline:
+            return mv
+        time.sleep(0.2)
+
+
+def version_of_run(run_id: str, name: str = DEFAULT_MODEL_NAME, uri: str | None = None):
+    """The newest registered version of ``name`` made from ``run_id``, or None."""
+    client = get_client(uri)
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except Exception as e:  # the model is not registered at all
+        log.debug("registry: no versions of %s: %s", name, e)
+        return None
+    versions = [v for v in versions if v.run_id == run_id]
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def register_generator(run_id: str, name: str = DEFAULT_MODEL_NAME, alias: str | None = DEFAULT_ALIAS,
+                       uri: str | None = None, tags: dict[str, Any] | None = None, description: str | None = None):
+    """Register the run's generator as a new version of ``name`` (reusing the run's
+    existing version, so promoting twice registers once) and point ``alias`` at it.
+    Returns the ModelVersion."""
+    from mlflow.exceptions import MlflowException
+
+    client = get_client(uri)
+    try:
+        client.create_registered_model(name, description="technogan generators; the alias 'champion' is the "
+                                                          "best by the selection metric (technogan promote)")
+    except MlflowException as e:
+        if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    mv = version_of_run(run_id, name, uri)
+    if mv is None:
+        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/checkpoints"
+        all_tags = {"checkpoint": checkpoint_artifact_path("latest"), **{k: str(v) for k, v in (tags or {}).items()}}
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=all_tags, description=description)
+        mv = _wait_ready(client, name, mv.version)
+    else:
+        for k, v in (tags or {}).items():
+            client.set_model_version_tag(name, mv.version, k, str(v))
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return mv
+
+
+def resolve_alias(alias: str = DEFAULT_ALIAS, name: str = DEFAULT_MODEL_NAME, uri: str | None = None):
+    """The ModelVersion ``alias`` points at; UserError naming both when there is none."""
+    from pipeline.errors import UserError
+
+    client = get_client(uri)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as e:
+        raise UserError(f"registered model {name!r} has no alias {alias!r} in {client.tracking_uri} "
+                        f"(run `technogan promote` first): {str(e).splitlines()[0][:200]}") from None
+
+
+def champion_checkpoint(dst: str | os.PathLike | None = None, name: str = DEFAULT_MODEL_NAME,
+                        alias: str = DEFAULT_ALIAS, uri: str | None = None) -> tuple[Path, Any]:
+    """(local generator checkpoint, ModelVersion) of the version ``alias`` points at."""
+    from tracking.runs import download_checkpoint
+
+    mv = resolve_alias(alias, name, uri)
+    return download_checkpoint(mv.run_id, "latest", dst=dst, uri=uri), mv
+
+
+def log_files(run_id: str, files: Iterable[str | os.PathLike], artifact_path: str, uri: str | None = None) -> None:
+    """Upload ``files`` to the run under ``artifact_path``."""
+    client = get_client(uri)
+    for f in files:
+        client.log_artifact(run_id, str(f), artifact_path)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "ensure_experiment",
+           "finished_runs", "log_files", "register_generator", "resolve_alias", "version_of_run"]
