@@ -16,23 +16,35 @@ from pipeline.fsutil import atomic_write_bytes
 from pipeline.mel import normalised_to_db, to_stored_resolution
 
 
+def _hz_ticks(cfg: MelConfig) -> tuple[np.ndarray, list[str]]:
+    """Tick positions (in mel-band units) and labels for round frequencies."""
+    import librosa
+
+    band_mels = librosa.hz_to_mel(librosa.mel_frequencies(cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max))
+    hz = np.array([f for f in (0, 250, 500, 1000, 2000, 4000, 8000, 16000) if cfg.fmin <= f <= cfg.f_max])
+    pos = np.interp(librosa.hz_to_mel(hz), band_mels, np.arange(cfg.n_mels)) + 0.5
+    return pos, [f"{f / 1000:g}k" if f >= 1000 else f"{f:g}" for f in hz]
+
+
 def plot_mel_grid(mels, mel_config: MelConfig, path: str | Path | None = None, title: str | None = None,
                   ncols: int | None = None, subtitles: list[str] | None = None) -> bytes | None:
     """Draw normalised mels [N, H, W] (or [N, 1, H, W]) at any resolution, resized back
-    to the stored resolution. Writes a PNG to ``path`` atomically, or returns its bytes."""
-    import librosa.display
+    to the stored resolution, with time (s) and mel-spaced frequency (Hz) axes and a dB
+    colour bar. Writes a PNG to ``path`` atomically, or returns its bytes."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MultipleLocator
 
     x = torch.as_tensor(np.asarray(mels, dtype=np.float32) if not torch.is_tensor(mels) else mels).float()
     if x.ndim == 4:
         x = x[:, 0]  # [N, H, W]
     if x.ndim == 2:
         x = x[None]
-    db = normalised_to_db(to_stored_resolution(x.detach().cpu(), mel_config), mel_config).numpy()  # [N, M, T]
+    cfg = mel_config
+    db = normalised_to_db(to_stored_resolution(x.detach().cpu(), cfg), cfg).numpy()  # [N, M, T]
     n = len(db)
     ncols = ncols or min(n, 4)
     nrows = math.ceil(n / ncols)
+    seconds = cfg.n_frames * cfg.hop_length / cfg.sample_rate
+    tick_pos, tick_labels = _hz_ticks(cfg)
     fig = Figure(figsize=(3.2 * ncols + 1.2, 2.4 * nrows + (0.5 if title else 0.1)), dpi=100)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     image = None
@@ -40,10 +52,11 @@ def plot_mel_grid(mels, mel_config: MelConfig, path: str | Path | None = None, t
         if k >= n:
             ax.axis("off")
             continue
-        image = librosa.display.specshow(
-            db[k], sr=mel_config.sample_rate, hop_length=mel_config.hop_length, x_axis="time", y_axis="mel",
-            fmin=mel_config.fmin, fmax=mel_config.f_max, cmap="magma", vmin=-mel_config.top_db, vmax=0.0, ax=ax)
-        ax.xaxis.set_major_locator(MultipleLocator(1.0))
+        # imshow over mel bands (evenly spaced in mel) with Hz tick labels: the same
+        # picture as librosa's specshow(y_axis="mel"), an order of magnitude faster
+        image = ax.imshow(db[k], origin="lower", aspect="auto", interpolation="nearest", cmap="magma",
+                          vmin=-cfg.top_db, vmax=0.0, extent=(0.0, seconds, 0.0, cfg.n_mels))
+        ax.set_yticks(tick_pos, tick_labels)
         ax.set_xlabel("Time (s)")
         ax.set_ylabel("Frequency (Hz)")
         ax.label_outer()
