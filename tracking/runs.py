@@ -198,13 +198,14 @@ class TrackedRun:
     """One MLflow run fed from a background thread. Create with ``TrackedRun.start``."""
 
     def __init__(self, client, run_id: str, *, spool_dir: Path, max_backoff_s: float = 30.0,
-                 flush_timeout_s: float = 60.0):
+                 flush_timeout_s: float = 60.0, batch_interval_s: float = 1.0):
         self.client = client
         self.run_id = run_id
         self.uri = client.tracking_uri
         self.spool_dir = Path(spool_dir)
         self.max_backoff_s = max_backoff_s
         self.flush_timeout_s = flush_timeout_s
+        self.batch_interval_s = batch_interval_s
         self._queue: collections.deque[_Record] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -220,7 +221,7 @@ class TrackedRun:
     def start(cls, experiment: str, run_name: str | None = None, *, tags: Mapping[str, str] | None = None,
               uri: str | None = None, run_id: str | None = None, spool_dir: str | os.PathLike | None = None,
               request_timeout_s: float = 10.0, max_backoff_s: float = 30.0, start_timeout_s: float = 60.0,
-              flush_timeout_s: float = 60.0) -> "TrackedRun":
+              flush_timeout_s: float = 60.0, batch_interval_s: float = 1.0) -> "TrackedRun":
         """Create (or, with ``run_id``, reopen) a run, retrying for up to ``start_timeout_s``.
 
         Raises ``pipeline.errors.UserError`` naming the URI if the store stays unreachable:
@@ -255,7 +256,8 @@ class TrackedRun:
             flush_spool(spool, uri=uri)
         except Exception as e:  # an old spool must never stop a new run
             log.warning("tracking: could not replay the spool in %s: %s", spool, e)
-        return cls(client, rid, spool_dir=spool, max_backoff_s=max_backoff_s, flush_timeout_s=flush_timeout_s)
+        return cls(client, rid, spool_dir=spool, max_backoff_s=max_backoff_s, flush_timeout_s=flush_timeout_s,
+                   batch_interval_s=batch_interval_s)
 
     # ------------------------------------------------------------------ logging (never blocks)
 
@@ -323,6 +325,12 @@ class TrackedRun:
             delay = 0.5
             self.sent += len(batch)
             self._drop(batch)
+            # let records gather for a while: one request a second costs the training loop
+            # (same cores, same GIL) far less than one a step
+            pause_until = time.monotonic() + self.batch_interval_s
+            with self._cond:
+                while not self._closing and time.monotonic() < pause_until:
+                    self._cond.wait(timeout=max(0.0, pause_until - time.monotonic()))
 
     def _send_one_by_one(self, batch: list[_Record], error: BaseException) -> None:
         """A batch the store refused: send its records alone so one bad record (a param

@@ -117,6 +117,10 @@ def generate_mels(generator: torch.nn.Module, n: int, latent_dim: int, batch_siz
 # ----------------------------------------------------------------------------- the report
 
 
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
 @dataclass
 class Report:
     """The scores of one checkpoint: generated-vs-real and real-vs-real."""
@@ -144,7 +148,7 @@ class Report:
             f"real held-out (B): {i.get('n_held_out')}, resolution {i.get('resolution')}",
             f"- dataset: {i.get('dataset')} (fingerprint {i.get('dataset_fingerprint')})",
             f"- encoder: {i.get('encoder_id')} (track classifier, validation accuracy "
-            f"{i.get('encoder_val_accuracy', float('nan')):.2f}, chance {i.get('encoder_chance', float('nan')):.2f})",
+            f"{_num(i.get('encoder_val_accuracy')):.2f}, chance {_num(i.get('encoder_chance')):.2f})",
             "",
             "| metric | generated vs A | real B vs A | better |",
             "|---|---:|---:|---|",

@@ -67,6 +67,7 @@ class TrainResult:
     run_dir: Path | None = None
     generator_path: Path | None = None
     samples_per_s: float = 0.0  # real samples per second over the run's steps after the first
+    step_rates: list[float] = field(default_factory=list)  # samples/s of each step, loop overhead included
     history: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -156,10 +157,11 @@ def _rng_state(latent_rng: torch.Generator, device: torch.device) -> dict[str, A
 
 
 def _set_rng_state(state: dict[str, Any], latent_rng: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    latent_rng.set_state(state["latent"])
+    # RNG states are CPU byte tensors whatever map_location moved them to
+    torch.set_rng_state(state["torch"].cpu())
+    latent_rng.set_state(state["latent"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -347,7 +349,14 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                     if b + 1 == nb:
                         ended.append(e + 1)
                 if len(reals) < settings.n_critic:
-                    break  # the last few batches do not make a whole generator step
+                    # the last few batches do not make a whole generator step: the data is
+                    # used up, so the last epoch ends here (its checkpoint and grid follow)
+                    if dist.is_main and epoch < tc.epochs:
+                        epoch, batch = tc.epochs, 0
+                        save_checkpoint(epoch_done=tc.epochs)
+                        saved_step = step
+                        draw_samples(f"epoch-{tc.epochs}", f"{label}: generated after epoch {tc.epochs}, step {step}")
+                    break
                 numbers = gan_step(g_model, d_model, loss, opt_g, opt_d, reals, mc.latent_dim, latent_rng,
                                    autocast)
                 step += 1
@@ -426,4 +435,4 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
             "samples_per_s": mean_rate, "config_hash": config_hash(config, data_dir)}, indent=2) + "\n")
     return TrainResult(model=spec.name, label=label, status=status, step=step, epoch=epoch, run_id=run_id,
                        reason=reason, run_dir=run_dir, generator_path=gpath if gpath and gpath.is_file() else None,
-                       samples_per_s=mean_rate, history=history)
+                       samples_per_s=mean_rate, step_rates=rates, history=history)

@@ -1,0 +1,87 @@
+"""`technogan generate` (no server) and the evaluate/promote steps of the main job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.cli import main as cli_main
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.generate import generate_files, parse_formats
+from tests.tracking.eval_runs import make_checkpoint, make_run, store_uri
+
+
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_generate_writes_png_wav_npy(tmp_path, mel_config):
+    ckpt = make_checkpoint(tmp_path / "g.pt", resolution=32)
+    out = tmp_path / "gen"
+    made = generate_files(ckpt, out, n=3, formats=parse_formats("png,wav,npy"), seed=7, render_iterations=4)
+    names = sorted(p.name for p in made.files)
+    assert names == sorted(["mels.npy", "mels.png", "clip-000.wav", "clip-001.wav", "clip-002.wav", "all.wav",
+                            "generate.json"])
+    mels = np.load(out / "mels.npy")
+    assert mels.shape == (3, 32, 32) and mels.dtype == np.float32 and np.abs(mels).max() <= 1.0
+    assert (out / "mels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = sf.info(str(out / "clip-001.wav"))
+    assert info.samplerate == mel_config.sample_rate and info.frames == mel_config.clip_samples
+    assert sf.info(str(out / "all.wav")).frames == 3 * mel_config.clip_samples + 2 * mel_config.sample_rate // 2
+    # the seed fixes the latents: the same seed gives the same mels, another seed others
+    again = generate_files(ckpt, tmp_path / "again", n=3, formats=["npy"], seed=7)
+    other = generate_files(ckpt, tmp_path / "other", n=3, formats=["npy"], seed=8)
+    assert np.array_equal(again.mels, mels) and not np.allclose(other.mels, mels)
+    assert json.loads((out / "generate.json").read_text())["seed"] == 7
+
+
+def test_generate_cli_from_a_run_and_bad_formats(tmp_path, monkeypatch, capsys):
+    uri = store_uri(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    rid = make_run(uri, "gen", tmp_path)
+    assert cli_main(["generate", "--run-id", rid, "--n", "2", "--format", "npy,wav", "--out",
+                     str(tmp_path / "o"), "--iterations", "2"]) == 0
+    assert (tmp_path / "o" / "clip-001.wav").is_file() and not (tmp_path / "o" / "mels.png").exists()
+    assert cli_main(["generate", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    with pytest.raises(UserError, match="mp4"):
+        parse_formats("png,mp4")
+
+
+def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_dataset, monkeypatch):
+    from pipeline.run import RunContext, step_evaluate, step_promote
+    from tracking.runs import get_client
+
+    uri = store_uri(tmp_path)
+    config = load_config(None, {
+        "tracking.uri": uri, "tracking.experiment": "demo",
+        "evaluate.n": 48, "evaluate.encoder_steps": 20, "evaluate.kmeans_k": 4, "evaluate.kid_subsets": 3,
+        "evaluate.kid_subset_size": 16, "evaluate.demo_wavs": 2, "evaluate.render_iterations": 2,
+        "evaluate.encoder_dir": str(tmp_path / "enc"),
+    })
+    runs = {m: make_run(uri, "demo", tmp_path, model=m, dataset=small_dataset) for m in ("dcgan1", "wgan-gp")}
+    ctx = RunContext(config=config, out=tmp_path / "out")
+    ctx.out.mkdir()
+    ctx.dataset_dir.symlink_to(small_dataset)  # where the main job's segment step puts it
+    ctx.state["train_runs"] = runs
+    step_evaluate(ctx)
+    step_promote(ctx)
+    champion = ctx.state["champion"]
+    client = get_client(uri)
+    fds = {m: client.get_run(r).data.metrics["eval.fd_learned"] for m, r in runs.items()}
+    assert champion["run_id"] == runs[min(fds, key=fds.get)]
+    assert champion["name"] == "technogan-generator" and champion["version"] == "1"
+    out = Path(ctx.out)
+    assert (out / "evaluation" / "comparison.md").is_file()
+    assert sorted(p.name for p in (out / "champion").glob("clip-*.wav")) == ["clip-000.wav", "clip-001.wav"]
+    assert {"comparison table", "champion", "champion audio", "dcgan1 evaluation"} <= set(ctx.outputs)
+    # a second pass scores nothing again and keeps the champion
+    before = len(client.get_metric_history(runs["dcgan1"], "eval.fd_learned"))
+    step_evaluate(ctx)
+    assert len(client.get_metric_history(runs["dcgan1"], "eval.fd_learned")) == before
