@@ -33,9 +33,6 @@ from pipeline.config import ModelConfig, TrainConfig
 from pipeline.models.registry import MODELS, get_model
 from pipeline.train.step import gan_step
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def make_dataset(root: Path) -> Path:
     from pipeline.config import MelConfig, SegmentConfig
     from pipeline.segment import segment

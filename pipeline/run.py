@@ -74,6 +74,7 @@ def step_train(ctx: RunContext) -> None:
         if done:
             log.info("%s: already trained with this config (run %s); skipped", name, done["run_id"])
             runs[name] = done["run_id"]
+            ctx.outputs[f"{name} run"] = f"{done['run_id']} (finished earlier, {done['step']} steps)"
             continue
         result = train(config, dataset=ctx.dataset_dir, label=name, out_dir=out)
         if result.status != "finished":

@@ -17,10 +17,8 @@ run writes none (the last good one stays) and ends FAILED with the reason as a t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -325,6 +323,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     autocast = _autocast(device, tc.amp)
     status, reason = "finished", None
     saved_step = step if resume else -1
+    last_epoch_saved = epoch  # epochs before the current one were saved by the run that did them
     rates: list[float] = []
     bar = tqdm(total=total_steps, initial=step, desc=label, unit="step", dynamic_ncols=True,
                disable=not (tc.progress and dist.is_main))
@@ -349,14 +348,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                     if b + 1 == nb:
                         ended.append(e + 1)
                 if len(reals) < settings.n_critic:
-                    # the last few batches do not make a whole generator step: the data is
-                    # used up, so the last epoch ends here (its checkpoint and grid follow)
-                    if dist.is_main and epoch < tc.epochs:
-                        epoch, batch = tc.epochs, 0
-                        save_checkpoint(epoch_done=tc.epochs)
-                        saved_step = step
-                        draw_samples(f"epoch-{tc.epochs}", f"{label}: generated after epoch {tc.epochs}, step {step}")
-                    break
+                    break  # cannot happen while step < total_steps; kept as a guard
                 numbers = gan_step(g_model, d_model, loss, opt_g, opt_d, reals, mc.latent_dim, latent_rng,
                                    autocast)
                 step += 1
@@ -394,12 +386,20 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                         draw_samples(f"step-{step:07d}", f"{label}: generated at step {step} (fixed latents)")
                     for e_done in ended:
                         save_checkpoint(epoch_done=e_done)
-                        saved_step = step
+                        saved_step, last_epoch_saved = step, e_done
                         draw_samples(f"epoch-{e_done}", f"{label}: generated after epoch {e_done}, step {step}")
                         draw_losses()
                 if stop:
                     status = "preempted"
                     break
+            if status == "finished" and step >= steps_per_run:
+                # the data is used up; the last few batches (fewer than n_critic) make no
+                # whole step, so the last epoch ends here, with its checkpoint and grid
+                epoch, batch = tc.epochs, 0
+                if dist.is_main and last_epoch_saved < tc.epochs:
+                    save_checkpoint(epoch_done=tc.epochs)
+                    saved_step, last_epoch_saved = step, tc.epochs
+                    draw_samples(f"epoch-{tc.epochs}", f"{label}: generated after epoch {tc.epochs}, step {step}")
         bar.close()
         if dist.is_main:
             if status == "diverged":

@@ -22,9 +22,6 @@ from pipeline.train.cli import EXIT_CODES, resolve
 from pipeline.train.monitor import DivergenceGuard, Prometheus
 from tracking import runs as tracking
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 def make_config(tmp_path: Path, dataset: Path, **train):
     """A tiny run: 32x32, widths 4, batches of 4 (36 clips -> 9 batches an epoch), its own MLflow store."""
     t = {"batch_size": 4, "epochs": 3, "checkpoint_every": 4, "sample_every": 1000, "progress": False, "n_samples": 4,

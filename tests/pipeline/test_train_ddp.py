@@ -40,4 +40,7 @@ def test_two_process_ddp_run_finishes_and_only_rank_0_logs(tmp_path, small_datas
     state = torch.load(out / "wgan-gp" / run.info.run_id / "checkpoints" / "training-state-latest.pt",
                        weights_only=True)
     assert state["progress"]["step"] == 2
+    # the 2 batches left after the last whole step end epoch 3 all the same: its checkpoint is there
+    ck = out / "wgan-gp" / run.info.run_id / "checkpoints"
+    assert {f"generator-epoch-{e}.pt" for e in (1, 2, 3)} <= {p.name for p in ck.iterdir()}
     assert not any(k.startswith("module.") for k in state["generator"])  # DDP unwrapped
