@@ -90,14 +90,8 @@ class MelConfig(Section):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MelConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: mel config not found (is this a segmented dataset folder?)")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}: not valid JSON: {e}") from e
-        return _validate(cls, data, str(p))
+        data = read_yaml(path, "mel config", hint=" (is this a segmented dataset folder?)")  # JSON is YAML
+        return _validate(cls, data, str(path))
 
 
 # ----------------------------------------------------------------------------- data stages
@@ -119,7 +113,7 @@ class SegmentConfig(Section):
 
     workers: Optional[int] = Field(None, ge=1, le=512, description="None means all cores")
     silence_dbfs: float = Field(-60.0, le=0.0, description="clips whose peak is below this are skipped")
-    batch_clips: int = Field(16, ge=1, le=1024, description="clips per mel batch (memory bound)")
+    batch_clips: int = Field(16, ge=1, le=1024, description="clips decoded and turned into mels at a time")
 
 
 class DataConfig(Section):
@@ -340,24 +334,29 @@ def _validate(cls, data: Any, where: str):
         raise ConfigError(_format_error(e, where)) from None
 
 
+def read_yaml(path: str | os.PathLike, what: str = "file", hint: str = "") -> Any:
+    """Parse a YAML (or JSON) file; a missing or malformed file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found{hint}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML preset (or the embedded defaults when ``path`` is None), apply
     dotted-key ``overrides`` (``{"data.max_samples": 100}``) and validate everything."""
     data: dict[str, Any] = {}
     where = "<defaults>"
     if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        where = str(path)
+        loaded = read_yaml(path, "config file")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
     for key, value in (overrides or {}).items():
         if value is None:

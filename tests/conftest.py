@@ -9,6 +9,12 @@ import pytest
 from pipeline.config import MelConfig, SegmentConfig
 
 
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    """Tests use their own temporary MLflow stores, never the developer's server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def mel_config() -> MelConfig:
     return MelConfig()

@@ -19,14 +19,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlparse
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, read_yaml
 
 # Hosts whose URLs we accept; a typo such as "youtub.com" fails at load time rather
 # than after an hour of scraping.
@@ -144,11 +142,4 @@ def parse_playlists(data: Any, where: str = "<playlists>") -> list[PlaylistEntry
 
 def load_playlists(path: str | os.PathLike) -> list[PlaylistEntry]:
     """Read and validate a playlists YAML file; ConfigError names the file and the entry."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: playlists file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    return parse_playlists(data, str(p))
+    return parse_playlists(read_yaml(path, "playlists file"), str(path))

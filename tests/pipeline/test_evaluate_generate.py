@@ -16,11 +16,6 @@ from pipeline.generate import generate_files, parse_formats
 from tests.tracking.eval_runs import make_checkpoint, make_run, store_uri
 
 
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_generate_writes_png_wav_npy(tmp_path, mel_config):
     ckpt = make_checkpoint(tmp_path / "g.pt", resolution=32)
     out = tmp_path / "gen"

@@ -15,11 +15,6 @@ from tracking import registry
 from tracking.runs import get_client
 
 
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture
 def runs(tmp_path):
     """Three finished runs with known scores, and an unfinished one that would win."""

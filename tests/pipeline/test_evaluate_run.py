@@ -12,22 +12,10 @@ from pipeline.cli import main as cli_main
 from pipeline.config import EvaluateConfig
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluate import BASELINE_PREFIX, PREFIX, evaluate_run
-from tests.tracking.eval_runs import make_run, store_uri
+from tests.tracking.eval_runs import artifacts, make_run, store_uri
 from tracking.runs import get_client
 
 FAST = dict(n=64, encoder_steps=30, kmeans_k=4, kid_subsets=5, kid_subset_size=16, batch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def artifacts(client, run_id: str, path: str | None = None) -> set[str]:
-    out = set()
-    for a in client.list_artifacts(run_id, path):
-        out |= artifacts(client, run_id, a.path) if a.is_dir else {a.path}
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.tracking.eval_runs import artifacts
 import torch
 
 from pipeline import checkpoint as ckpt
@@ -32,18 +34,6 @@ def make_config(tmp_path: Path, dataset: Path, **train):
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment": "test",
         "tracking.spool_dir": str(tmp_path / "spool"), "tracking.flush_timeout_s": 30,
     })
-
-
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def artifacts(client, run_id: str, path: str | None = None) -> set[str]:
-    out = set()
-    for a in client.list_artifacts(run_id, path):
-        out |= artifacts(client, run_id, a.path) if a.is_dir else {a.path}
-    return out
 
 
 def test_mlflow_run_has_params_metrics_grids_plot_and_checkpoints(tmp_path, small_dataset):

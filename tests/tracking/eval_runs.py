@@ -8,6 +8,14 @@ from pathlib import Path
 from pipeline.config import MelConfig, ModelConfig
 
 
+def artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    """Every artifact path of a run, recursively."""
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= artifacts(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
 def store_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 

@@ -9,11 +9,6 @@ from tests.tracking.eval_runs import make_run, store_uri
 from tracking import registry
 
 
-@pytest.fixture(autouse=True)
-def _no_env_uri(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def test_register_alias_and_lookups(tmp_path):
     uri = store_uri(tmp_path)
     a = make_run(uri, "reg", tmp_path, model="dcgan1")
