@@ -51,7 +51,7 @@ def _save(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def _load(path: str | os.PathLike, map_location: Any, fmt: str) -> dict[str, Any]:
+def _load(path: str | os.PathLike, map_location: Any, *formats: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: checkpoint not found")
@@ -59,9 +59,9 @@ def _load(path: str | os.PathLike, map_location: Any, fmt: str) -> dict[str, Any
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which one
         raise UserError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise UserError(f"{p}: expected a {fmt!r} checkpoint, found {found!r}")
+        raise UserError(f"{p}: expected a {' or '.join(map(repr, formats))} checkpoint, found {found!r}")
     return payload
 
 
@@ -87,11 +87,7 @@ def save_generator(path: str | os.PathLike, generator: nn.Module, meta: dict[str
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON description of a generator or training-state checkpoint."""
-    p = Path(path)
-    payload = torch.load(p, map_location="cpu", weights_only=True) if p.is_file() else None
-    if not isinstance(payload, dict) or "meta" not in payload:
-        raise UserError(f"{p}: not a technogan checkpoint")
-    return json.loads(payload["meta"])
+    return json.loads(_load(path, "cpu", GENERATOR_FORMAT, TRAIN_STATE_FORMAT)["meta"])
 
 
 def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict[str, Any]]:

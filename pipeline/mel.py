@@ -6,6 +6,7 @@ All of them take the one ``MelConfig``; none keeps state besides a cached filter
 from __future__ import annotations
 
 import functools
+import warnings
 
 import librosa
 import numpy as np
@@ -30,7 +31,9 @@ def mel_filterbank(cfg: MelConfig) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _filterbank_csr(cfg: MelConfig) -> torch.Tensor:
     # each triangle covers a few bins: ~2k non-zeros of 131k, so a sparse product is ~5x less work
-    return torch.from_numpy(mel_filterbank(cfg).copy()).to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.from_numpy(mel_filterbank(cfg).copy()).to_sparse_csr()
 
 
 @functools.lru_cache(maxsize=8)

@@ -80,12 +80,7 @@ def _from_checkpoint(value: str, tmp: Path, config: RunConfig) -> Source:
         raise UserError(f"--checkpoint {path}: file not found")
     from pipeline.checkpoint import read_meta
 
-    try:
-        meta = read_meta(path)
-    except UserError:
-        raise
-    except Exception as e:  # torch.load of a foreign or truncated file: name the file, not the unpickler
-        raise UserError(f"--checkpoint {path}: not a technogan generator checkpoint ({type(e).__name__})") from None
+    meta = read_meta(path)  # a foreign or truncated file is a UserError naming it
     return Source(checkpoint=path, run_id=meta.get("run_id"))
 
 

@@ -261,3 +261,5 @@ def test_generator_checkpoint_round_trip(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.pt"):
         ckpt.load_generator(tmp_path / "junk.pt")
+    with pytest.raises(UserError, match="junk.pt: not a readable checkpoint"):
+        ckpt.read_meta(tmp_path / "junk.pt")
