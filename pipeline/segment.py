@@ -161,34 +161,6 @@ def _wav_declared_seconds(path: Path) -> float | None:
     return None
 
 
-def probe(path: Path) -> dict:
-    """ffprobe (through pydub) the first audio stream: codec, channels, rate, duration."""
-    from pydub.utils import mediainfo_json
-
-    try:
-        info = mediainfo_json(str(path), read_ahead_limit=-1)
-    except Exception as e:  # pydub raises bare exceptions/JSON errors on garbage
-        raise ValueError(f"not readable audio ({type(e).__name__}: {e})") from None
-    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
-    if not streams:
-        raise ValueError("not audio: ffprobe found no audio stream")
-    s = streams[0]
-    duration = s.get("duration") or info.get("format", {}).get("duration")
-    try:
-        duration = float(duration)
-    except (TypeError, ValueError):
-        duration = float("nan")
-    if info.get("format", {}).get("format_name") == "wav":
-        # ffprobe estimates a WAV's duration from its size; the header says what was meant
-        duration = _wav_declared_seconds(path) or duration
-    return {
-        "codec": s.get("codec_name", "?"),
-        "channels": int(s.get("channels") or 0),
-        "sample_rate": int(s.get("sample_rate") or 0),
-        "declared_seconds": duration,
-    }
-
-
 _CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "4.1": 5, "5.0": 5,
                     "5.1": 6, "6.0": 6, "6.1": 7, "7.0": 7, "7.1": 8}
 

@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.errors import UserError
-from pipeline.segment import probe
+from pipeline.config import MelConfig
+from pipeline.segment import ClipStream
 from pipeline.synth import synthesize
 
 
@@ -59,9 +60,11 @@ def test_tracks_differ_more_than_clips_within_a_track(small_dataset):
 def test_compressed_formats_decode_with_the_right_length(tmp_path, fmt):
     [path] = synthesize(tmp_path, tracks=1, seconds=7, seed=0, fmt=fmt, progress=False)
     assert path.suffix == f".{fmt}"
-    info = probe(path)
-    assert info["declared_seconds"] == pytest.approx(7.0, abs=0.1)
-    assert info["channels"] == 2
+    stream = ClipStream(path, MelConfig(), batch_clips=1)
+    assert sum(len(b) for b in stream) == 1  # 7 s: one whole 5 s clip
+    assert stream.info["declared_seconds"] == pytest.approx(7.0, abs=0.1)
+    assert stream.samples / 22050 == pytest.approx(7.0, abs=0.1)
+    assert (stream.info["channels"], stream.info["sample_rate"], stream.error) == (2, 44100, "")
 
 
 def test_rerun_keeps_existing_tracks(tmp_path):
