@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import EvaluateConfig, MelConfig, load_config
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_path, atomic_write_text
+from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,28 @@ class Generated:
     mel_config: MelConfig
     meta: dict
     files: list[Path]
+
+
+def latents_for_seed(seed: int, n: int, latent_dim: int) -> torch.Tensor:
+    """The latents a seed stands for: ``n`` standard normal rows [n, latent_dim].
+
+    The one definition used by ``generate``, ``evaluate`` and the server, so a seed
+    means the same clips everywhere. Drawn from a private generator: the answer
+    depends on the seed alone, and row i is the same for any n > i.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(n, latent_dim, generator=gen)  # [n, latent_dim]
+
+
+@torch.no_grad()
+def generate_mels(generator: torch.nn.Module, n: int, latent_dim: int, batch_size: int = 256, seed: int = 0,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """``n`` clips [n, R, R] from the latents of ``seed``, forwarded ``batch_size`` at a time."""
+    z_all = latents_for_seed(seed, n, latent_dim)  # [n, Z]: a few hundred KB even for thousands of clips
+    generator.eval()
+    out = [generator(z.to(device))[:, 0].float().cpu().numpy()  # [B, 1, R, R] -> [B, R, R]
+           for z in z_all.split(batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -57,7 +79,6 @@ def generate_files(checkpoint: str | Path, out: str | Path, n: int = 8, formats:
     write the requested ``formats`` into ``out``."""
     from pipeline.audio import MelRenderer, write_wav
     from pipeline.checkpoint import load_generator
-    from pipeline.evaluate.evaluate import generate_mels
     from pipeline.plot import plot_mel_grid
 
     if n < 1:
@@ -72,8 +93,7 @@ def generate_files(checkpoint: str | Path, out: str | Path, n: int = 8, formats:
         path = out / f"{prefix}mels.npy"
         buf = io.BytesIO()
         np.save(buf, mels.astype(np.float32))
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         files.append(path)
     if "png" in formats:
         path = out / f"{prefix}mels.png"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.config import MelConfig
+from pipeline.generate import latents_for_seed
 from pipeline.mel import normalised_to_db, to_stored_resolution
 from serving.request import GenerationRequest
 
@@ -47,16 +48,6 @@ class ServeSettings:
     def from_dict(cls, data: dict[str, Any]) -> "ServeSettings":
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
-
-
-def latents_for_seed(seed: int, n: int, latent_dim: int) -> torch.Tensor:
-    """The latents a seed stands for: ``n`` standard normal rows [n, latent_dim].
-
-    Drawn from a private generator so the answer depends on the seed alone (not on
-    what else is in the batch), and row i is the same for any n > i.
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(n, latent_dim, generator=gen)  # [n, latent_dim]
 
 
 @dataclass

@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 
 from pipeline.config import MelConfig
-from pipeline.fsutil import atomic_path
+from pipeline.fsutil import atomic_write_bytes
 from pipeline.mel import mel_filterbank, normalised_to_db, to_stored_resolution
 
 # ----------------------------------------------------------------------------- mel -> linear
@@ -243,6 +243,4 @@ def wav_bytes(audio, sample_rate: int, gap_seconds: float = 0.5) -> bytes:
 
 def write_wav(path: str | os.PathLike, audio, sample_rate: int, gap_seconds: float = 0.5) -> None:
     """Write ``wav_bytes(audio, sample_rate, gap_seconds)`` to ``path`` atomically."""
-    data = wav_bytes(audio, sample_rate, gap_seconds)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, wav_bytes(audio, sample_rate, gap_seconds))

@@ -98,22 +98,6 @@ def prepare_real(root: str | Path, resolution: int, cfg: EvaluateConfig, encoder
                     held_out=describe("real-B", mels[b], encoder, mel_config, cfg))
 
 
-# ----------------------------------------------------------------------------- generated data
-
-
-@torch.no_grad()
-def generate_mels(generator: torch.nn.Module, n: int, latent_dim: int, batch_size: int = 256, seed: int = 0,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """``n`` clips [n, R, R] from standard-normal latents drawn with ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    generator.eval()
-    out = []
-    for s in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - s), latent_dim, generator=g).to(device)  # [B, Z]
-        out.append(generator(z)[:, 0].float().cpu().numpy())  # [B, 1, R, R] -> [B, R, R]
-    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
-
-
 # ----------------------------------------------------------------------------- the report
 
 
@@ -193,6 +177,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str | Path, cfg: EvaluateConf
     """Score the generator checkpoint at ``path`` against ``dataset``. Pass ``real`` back in
     to score several checkpoints of one resolution without reloading the data."""
     from pipeline.checkpoint import load_generator
+    from pipeline.generate import generate_mels
 
     generator, meta = load_generator(path)
     mel_config = MelConfig.from_dict(meta["mel_config"])

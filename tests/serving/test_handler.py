@@ -127,7 +127,7 @@ def test_same_seed_same_mels_whatever_else_is_in_the_batch(handler, unpacked_arc
 
 
 def test_latents_equal_to_the_seeds_latents_give_the_same_mels(handler, unpacked_archive):
-    from serving.engine import latents_for_seed
+    from pipeline.generate import latents_for_seed
 
     ctx = make_context(unpacked_archive)
     z = latents_for_seed(3, 2, 100).tolist()
