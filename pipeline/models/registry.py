@@ -45,6 +45,7 @@ class ModelSpec:
     defaults: OptimDefaults
     generator_figure: str
     critic_figure: str
+    critic_kind: Literal["discriminator", "critic"] = "critic"  # what plots and tables call it
 
     def build_generator(self, model_cfg: ModelConfig, resolution: int = 64) -> networks.Generator:
         """z [B, latent_dim] (or [B, latent_dim, 1, 1]) -> [B, 1, R, R] in [-1, 1], DCGAN-initialised."""
@@ -94,6 +95,7 @@ MODELS: dict[str, ModelSpec] = {
         defaults=OptimDefaults("adam", 2e-4, (0.5, 0.999), n_critic=1),
         generator_figure="figure2",
         critic_figure="figure1",
+        critic_kind="discriminator",
     ),
     "dcgan2": ModelSpec(
         name="dcgan2",
@@ -104,6 +106,7 @@ MODELS: dict[str, ModelSpec] = {
         defaults=OptimDefaults("adam", 2e-4, (0.5, 0.999), n_critic=1),
         generator_figure="figure4",
         critic_figure="figure3",
+        critic_kind="discriminator",
     ),
     "wgan-wc": ModelSpec(
         name="wgan-wc",

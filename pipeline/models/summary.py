@@ -60,10 +60,9 @@ def summarize(name: str, model_cfg: ModelConfig, resolution: int) -> str:
     z = torch.zeros(2, model_cfg.latent_dim)  # [B, Z]
     x = torch.zeros(2, 1, resolution, resolution)  # [B, 1, R, R]
     fig = lambda f: f.replace("figure", "Figure ")  # noqa: E731
-    critic_kind = "Discriminator" if "dcgan" in name else "Critic"
     return "\n\n".join([
         f"{spec.description} at {resolution}x{resolution}, latent {model_cfg.latent_dim}",
-        format_table(f"{critic_kind} ({fig(spec.critic_figure)})", layer_table(d, x)),
+        format_table(f"{spec.critic_kind.capitalize()} ({fig(spec.critic_figure)})", layer_table(d, x)),
         format_table(f"Generator ({fig(spec.generator_figure)})", layer_table(g, z)),
     ])
 

@@ -95,12 +95,9 @@ def previous_result(config: RunConfig, label: str, dataset: str | Path | None = 
                     out_dir: str | Path | None = None) -> dict | None:
     """The result of the latest run of ``label`` if it finished with this very config (else None):
     lets `technogan run` skip training it again."""
-    out = resolve_out(config, out_dir)
-    pointer = out / label / LATEST_POINTER
-    if not pointer.is_file():
-        return None
-    path = out / label / pointer.read_text().strip() / RESULT_FILE
-    if not path.is_file():
+    run_dir = latest_run_dir(resolve_out(config, out_dir), label)
+    path = run_dir / RESULT_FILE if run_dir else None
+    if path is None or not path.is_file():
         return None
     result = json.loads(path.read_text())
     if result.get("status") != "finished" or result.get("config_hash") != config_hash(
@@ -109,13 +106,17 @@ def previous_result(config: RunConfig, label: str, dataset: str | Path | None = 
     return result
 
 
+def latest_run_dir(out: Path, label: str) -> Path | None:
+    """The local folder of the newest run of ``label`` (its ``LATEST`` pointer), if any."""
+    pointer = out / label / LATEST_POINTER
+    return out / label / pointer.read_text().strip() if pointer.is_file() else None
+
+
 def latest_state(out: Path, label: str) -> Path | None:
     """The training state ``--resume`` continues from, if any."""
-    pointer = out / label / LATEST_POINTER
-    if not pointer.is_file():
-        return None
-    path = out / label / pointer.read_text().strip() / "checkpoints" / STATE_FILE
-    return path if path.is_file() else None
+    run_dir = latest_run_dir(out, label)
+    path = run_dir / "checkpoints" / STATE_FILE if run_dir else None
+    return path if path is not None and path.is_file() else None
 
 
 class _SigtermFlag:
@@ -196,6 +197,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
         raise UserError(f"{data_dir}: no mel dataset here (make one with `technogan segment`, or pass --dataset)")
     ds = MelDataset(data_dir, resolution=resolution, max_samples=config.data.max_samples, seed=config.data.seed)
     mel_config = ds.mel_config
+    fingerprint = ds.fingerprint()  # hashes the whole index: once
     stream = BatchStream(ds, tc.batch_size, seed=tc.seed, rank=dist.rank, world=dist.world,
                          cache=tc.cache_in_memory, workers=tc.workers, pin_memory=device.type == "cuda",
                          progress=tc.progress)
@@ -268,7 +270,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
             run.log_params(params)
             run.log_params({
                 "optim": {k: v for k, v in vars(settings).items()},
-                "dataset": {"path": str(data_dir), "fingerprint": ds.fingerprint(), "clips": len(ds),
+                "dataset": {"path": str(data_dir), "fingerprint": fingerprint, "clips": len(ds),
                             "clips_available": ds.available},
                 "params": {"generator": _count(generator), "critic": _count(critic)},
                 "run": {"label": label, "world_size": dist.world, "device": device.type,
@@ -280,7 +282,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
 
     meta = {"model": spec.name, "model_config": mc.model_dump(mode="json"), "resolution": resolution,
             "latent_dim": mc.latent_dim, "mel_config": mel_config.to_dict(), "run_id": run_id, "label": label,
-            "dataset": str(data_dir), "dataset_fingerprint": ds.fingerprint()}
+            "dataset": str(data_dir), "dataset_fingerprint": fingerprint}
 
     # the sample grids' fixed latent batch and real examples
     z_fixed = torch.randn(tc.n_samples, mc.latent_dim,
@@ -313,7 +315,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
 
     def draw_losses() -> None:
         path = loss_plot(history, run_dir / "plots" / "losses.png",
-                         f"{label}: generator and {'discriminator' if 'dcgan' in spec.name else 'critic'} loss")
+                         f"{label}: generator and {spec.critic_kind} loss")
         run.log_artifact(path, "plots")
 
     # ---------------------------------------------------------------- the loop
