@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from tracking.runs import CHECKPOINT_DIR, get_client
+from tracking.runs import MAX_METRICS_PER_BATCH, CHECKPOINT_DIR, get_client, log_files
 
 ENCODER_TAG = "technogan.eval.encoder"
 _GENERATOR = re.compile(r"^generator-(.+)\.pt$")
-_MAX_METRICS_PER_BATCH = 1000
 
 
 def generator_checkpoints(run_id: str, uri: str | None = None) -> list[str]:
@@ -55,12 +54,11 @@ def log_evaluation(run_id: str, metrics: Mapping[str, float], step: int = 0,
     client = get_client(uri)
     ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
-    for s in range(0, len(items), _MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=items[s:s + _MAX_METRICS_PER_BATCH], synchronous=True)
+    for s in range(0, len(items), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[s:s + MAX_METRICS_PER_BATCH], synchronous=True)
     if tags:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
-    for local, folder in files:
-        client.log_artifact(run_id, str(local), folder)
+    log_files(run_id, files, uri)
 
 
 def log_encoder(run_id: str, path: str | os.PathLike, encoder_id: str, uri: str | None = None,

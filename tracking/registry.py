@@ -11,12 +11,11 @@ fetches the weights. Version tags: ``checkpoint`` (artifact path of the generato
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tracking.runs import MODEL_TAG, checkpoint_artifact_path, ensure_experiment, get_client
 
@@ -135,16 +134,5 @@ def champion_checkpoint(dst: str | os.PathLike | None = None, name: str = DEFAUL
     return download_checkpoint(mv.run_id, "latest", dst=dst, uri=uri), mv
 
 
-def log_files(run_id: str, files: Iterable[str | os.PathLike], artifact_path: str, uri: str | None = None) -> None:
-    """Upload ``files`` to the run under ``artifact_path``."""
-    client = get_client(uri)
-    for f in files:
-        client.log_artifact(run_id, str(f), artifact_path)
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 __all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "ensure_experiment",
-           "finished_runs", "log_files", "register_generator", "resolve_alias", "version_of_run"]
+           "finished_runs", "register_generator", "resolve_alias", "version_of_run"]

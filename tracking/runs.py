@@ -56,7 +56,7 @@ LOCAL_DIR_TAG = "technogan.local_dir"
 GIT_TAG = "mlflow.source.git.commit"
 
 # MLflow's per-request limits
-_MAX_METRICS_PER_BATCH = 1000
+MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_LEN = 6000
 # errors that retrying cannot fix (e.g. re-logging a param with another value)
@@ -178,7 +178,7 @@ def _take_batch(queue: collections.deque) -> list[_Record]:
     first = queue[0]
     if first.kind in ("artifact", "terminate"):
         return [first]
-    limit = _MAX_METRICS_PER_BATCH if first.kind == "metrics" else _MAX_PARAMS_PER_BATCH
+    limit = MAX_METRICS_PER_BATCH if first.kind == "metrics" else _MAX_PARAMS_PER_BATCH
     batch, size = [], 0
     for r in queue:
         n = len(r.data)
@@ -436,6 +436,16 @@ def flush_spool(spool_dir: str | os.PathLike | None = None, uri: str | None = No
             path.unlink()
         log.info("tracking: replayed %d spooled record(s) from %s", done, path)
     return sent
+
+
+# ----------------------------------------------------------------------------- writing to a finished run
+
+
+def log_files(run_id: str, files: Iterable[tuple[str | os.PathLike, str]], uri: str | None = None) -> None:
+    """Upload (local path, artifact folder) pairs to a run, synchronously (evaluation, promotion)."""
+    client = get_client(uri)
+    for local, folder in files:
+        client.log_artifact(run_id, str(local), folder)
 
 
 # ----------------------------------------------------------------------------- reading runs back

@@ -86,6 +86,7 @@ def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = 
             alias: str = "champion", uri: str | None = None, out: str | Path | None = None) -> Promotion:
     """Register the best finished run of ``experiment`` by ``metric`` and point ``alias`` at it."""
     from tracking import registry
+    from tracking.runs import log_files
 
     rows = registry.finished_runs(experiment, uri)
     if not rows:
@@ -112,7 +113,7 @@ def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = 
         files = [folder / "comparison.md", folder / "comparison.json"]
         atomic_write_text(files[0], md)
         atomic_write_text(files[1], json.dumps(data, indent=2, default=str) + "\n")
-        registry.log_files(winner.run_id, files, "promotion", uri)
+        log_files(winner.run_id, [(f, "promotion") for f in files], uri)
     return Promotion(winner, str(mv.version), model_name, alias, metric, header, body, md, data,
                      files if out else [])
 
