@@ -81,15 +81,9 @@ def bench_c1(engine: Engine, limits: Limits, url: str, body: dict, repeats: int)
     machine load (other processes come and go on a shared box)."""
     raw = json.dumps(body).encode()
     session = requests.Session()
-    headers = {"Content-Type": "application/json"}
 
     def served() -> float:
-        t = time.perf_counter()
-        r = session.post(url, data=raw, headers=headers, timeout=300)
-        _ = r.content
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-        return time.perf_counter() - t
+        return timed_post(session, url, raw)
 
     def local() -> float:
         t = time.perf_counter()
@@ -105,22 +99,26 @@ def bench_c1(engine: Engine, limits: Limits, url: str, body: dict, repeats: int)
     return {"in_process": summary(lat_local, sum(lat_local)), "served_c1": summary(lat_served, sum(lat_served))}
 
 
+def timed_post(session: requests.Session, url: str, data: bytes) -> float:
+    """Seconds for one JSON POST, body read in full; raises on anything but 200."""
+    t = time.perf_counter()
+    r = session.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=300)
+    _ = r.content
+    if r.status_code != 200:
+        raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+    return time.perf_counter() - t
+
+
 def bench_concurrent(url: str, body: dict, repeats: int, concurrency: int) -> dict[str, float]:
     """``repeats`` requests from ``concurrency`` client threads, one keep-alive session each."""
     data = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
     tls = threading.local()
 
     def one(_: int) -> float:
         s = getattr(tls, "session", None)
         if s is None:
             s = tls.session = requests.Session()
-        t = time.perf_counter()
-        r = s.post(url, data=data, headers=headers, timeout=300)
-        _ = r.content
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-        return time.perf_counter() - t
+        return timed_post(s, url, data)
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(concurrency)))  # warm-up: a session per thread
