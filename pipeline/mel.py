@@ -41,12 +41,24 @@ def _window(n_fft: int) -> torch.Tensor:
     return torch.hann_window(n_fft, periodic=True)
 
 
+def stft(audio: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Audio [K, samples] -> complex STFT [K, 1 + n_fft // 2, frames]: centred, zero-padded
+    Hann, as librosa.stft. The one analysis every mel, rendering and quality figure uses."""
+    return torch.stft(audio, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft).to(audio.device),
+                      center=True, pad_mode="constant", return_complex=True)
+
+
+def istft(spec: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """The inverse of ``stft``: [K, F, T] -> audio [K, clip_samples]."""
+    return torch.istft(spec, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft).to(spec.device),
+                       center=True, length=cfg.clip_samples)
+
+
 def mel_power(clips: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
     """Clips [K, samples] -> mel power [K, n_mels, frames], numerically librosa's
     ``feature.melspectrogram`` (centred, zero-padded Hann STFT, same filterbank),
     computed with torch's FFT and a sparse filterbank: several times faster on a CPU."""
-    spec = torch.stft(clips, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft).to(clips.device),
-                      center=True, pad_mode="constant", return_complex=True)  # [K, F, T]
+    spec = stft(clips, cfg)  # [K, F, T]
     mag = spec.abs() if cfg.power != 2.0 else spec.real.square() + spec.imag.square()
     if cfg.power not in (1.0, 2.0):
         mag = mag.pow(cfg.power)

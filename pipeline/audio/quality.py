@@ -12,16 +12,14 @@ import numpy as np
 import torch
 
 from pipeline.config import MelConfig
+from pipeline.mel import stft
 
 
 def _magnitudes(audio, cfg: MelConfig) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio, dtype=torch.float32)
     if x.ndim == 1:
         x = x[None]
-    window = torch.hann_window(cfg.n_fft)
-    spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=window, center=True, pad_mode="constant",
-                      return_complex=True)
-    return spec.abs().double()  # [B, F, T]
+    return stft(x, cfg).abs().double()  # [B, F, T]
 
 
 def _matched(reference, audio, cfg: MelConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ import torch
 
 from pipeline.config import MelConfig
 from pipeline.fsutil import atomic_write_bytes
-from pipeline.mel import mel_filterbank, normalised_to_db, to_stored_resolution
+from pipeline.mel import istft, mel_filterbank, normalised_to_db, stft, to_stored_resolution
 
 # ----------------------------------------------------------------------------- mel -> linear
 
@@ -147,7 +147,6 @@ class MelRenderer:
         fb, pinv_fb = _filterbanks(mel_config)
         self._fb = fb.to(self.device)
         self._pinv_fb = pinv_fb.to(self.device)
-        self._window = torch.hann_window(mel_config.n_fft, device=self.device)
 
     @property
     def sample_rate(self) -> int:
@@ -164,13 +163,10 @@ class MelRenderer:
         return power.pow_(1.0 / self.cfg.power)
 
     def _stft(self, audio: torch.Tensor) -> torch.Tensor:
-        # centred, zero-padded like librosa.stft (what pipeline.mel.log_mel uses)
-        return torch.stft(audio, self.cfg.n_fft, self.cfg.hop_length, window=self._window, center=True,
-                          pad_mode="constant", return_complex=True)  # [B, F, T]
+        return stft(audio, self.cfg)  # [B, F, T]
 
     def _istft(self, spec: torch.Tensor) -> torch.Tensor:
-        return torch.istft(spec, self.cfg.n_fft, self.cfg.hop_length, window=self._window, center=True,
-                           length=self.cfg.clip_samples)  # [B, clip_samples]
+        return istft(spec, self.cfg)  # [B, clip_samples]
 
     def griffin_lim(self, magnitude: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fast Griffin-Lim: STFT magnitude [B, F, T] -> audio [B, clip_samples] (not normalised)."""
