@@ -185,7 +185,7 @@ _COMPLAINT = re.compile(r"could not|invalid|failed|error|no such|matches no stre
                         re.IGNORECASE)
 
 
-def _first_complaint(stderr: str) -> str:
+def ffmpeg_complaint(stderr: str) -> str:
     """The first line of ffmpeg's stderr that says what is wrong, without the [demuxer @ 0x..] prefix."""
     lines = [re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", ln.strip()) for ln in stderr.splitlines() if ln.strip()]
     for ln in lines:
@@ -254,7 +254,7 @@ class ClipStream:
             text = err.read().decode("utf-8", "replace")
             self.info = parse_ffmpeg_input(text)
             if rc != 0:
-                self.error = f"ffmpeg exited with {rc}: {_first_complaint(text)}"
+                self.error = f"ffmpeg exited with {rc}: {ffmpeg_complaint(text)}"
 
 
 # ----------------------------------------------------------------------------- one file

@@ -5,10 +5,10 @@
   HTTP Range chunks (``chunk_bytes``; servers that ignore Range get one request), and
   a retry after a dropped connection or a stall continues from the bytes already on
   disk instead of starting over.
-* ``verify_audio`` checks the file really decodes (ffmpeg decodes the whole audio
-  stream, ``-xerror`` fails on the first corrupt frame), reads its duration with
-  ffprobe (``pydub.utils.mediainfo_json``) and compares it with the listed duration,
-  which catches bodies truncated by a lying server.
+* ``verify_audio`` checks the file really decodes (one ffmpeg run decodes the whole
+  audio stream, ``-xerror`` fails on the first corrupt frame), takes the duration
+  from what was decoded and compares it with the listed duration, which catches
+  bodies truncated by a lying server.
 * ``RetryPolicy`` is exponential backoff with full jitter, honouring Retry-After.
 
 Only a verified file is renamed to its final name, so a killed run never leaves a
@@ -176,22 +176,16 @@ def _ffmpeg() -> str:
 
 def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float) -> AudioCheck:
     """Raise VerifyError unless ``path`` fully decodes and its duration matches the listing."""
-    from pydub.utils import mediainfo_json
+    from pipeline.segment import ffmpeg_complaint, parse_ffmpeg_input
 
-    try:
-        info = mediainfo_json(str(path))
-    except Exception as e:
-        raise VerifyError("corrupt", f"ffprobe cannot read it: {short_text(e)}") from e
-    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
-    if not streams:
-        raise VerifyError("corrupt", "ffprobe finds no audio stream")
-    # ffprobe only reads headers (and an mp3's header still claims the full length when the
-    # body is cut short): decode everything, fail on the first corrupt frame, and take the
-    # duration from what was actually decoded
-    r = subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:a:0",
-                        "-f", "null", "-progress", "pipe:1", "-"], capture_output=True, text=True)
+    # one ffmpeg run: it describes the input on stderr (codec) and decodes everything,
+    # failing on the first corrupt frame; the duration is what was actually decoded
+    # (a header still claims the full length when the body is cut short)
+    r = subprocess.run([_ffmpeg(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-xerror",
+                        "-i", str(path), "-map", "0:a:0", "-f", "null", "-progress", "pipe:1", "-"],
+                       capture_output=True, text=True)
     if r.returncode != 0:
-        raise VerifyError("corrupt", f"ffmpeg cannot decode it: {short_text(r.stderr or r.returncode, 200)}")
+        raise VerifyError("corrupt", f"ffmpeg cannot decode it: {short_text(ffmpeg_complaint(r.stderr), 200)}")
     times = re.findall(r"^out_time_us=(\d+)$", r.stdout, flags=re.M)
     if not times:
         raise VerifyError("corrupt", "ffmpeg decoded no audio")
@@ -201,7 +195,7 @@ def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float)
         if abs(duration - listed_duration) > allowed:
             raise VerifyError("duration_mismatch",
                               f"decodes to {duration:.1f} s but the listing says {listed_duration:.1f} s")
-    return AudioCheck(duration=duration, codec=str(streams[0].get("codec_name", "")))
+    return AudioCheck(duration=duration, codec=parse_ffmpeg_input(r.stderr)["codec"])
 
 
 def fsync_file(path: Path) -> None:

@@ -120,6 +120,7 @@ def test_scrape_writes_verified_audio_and_manifest_and_is_idempotent(tmp_path, s
         assert f.read_bytes() == audio_files[f"t{i}.mp3"]
         assert rec["sha256"] == sha(audio_files[f"t{i}.mp3"]) and rec["bytes"] == len(audio_files[f"t{i}.mp3"])
         assert abs(rec["duration"] - SECONDS) < 0.5
+        assert rec["codec"] == "mp3"  # from ffmpeg's own description of the file
         assert rec["title"] == f"track {video_id(i)}" and rec["uploader"] == "fake uploader"
         assert rec["label"] == ("label0" if i < 3 else "label1")
     assert state[video_id(0)]["playlists"] == [playlist_url(0), playlist_url(1)]
