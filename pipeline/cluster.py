@@ -295,8 +295,14 @@ def _permanent(e) -> bool:
 
 
 def _is_connection_error(e: BaseException) -> bool:
+    """A network error worth retrying; a failed TLS verification is not (retrying cannot fix a CA)."""
+    import ssl
+
     import urllib3
 
+    if isinstance(e, ssl.SSLCertVerificationError) or isinstance(getattr(e, "reason", None),
+                                                                  urllib3.exceptions.SSLError):
+        raise UserError(f"TLS with the Kubernetes API server failed (wrong CA or server name?): {e}") from e
     return isinstance(e, (urllib3.exceptions.HTTPError, OSError))
 
 

@@ -11,10 +11,14 @@ through a kubeconfig (:meth:`FakeKube.write_kubeconfig`):
     PATCH /apis/apps/v1/namespaces/NS/deployments/NAME      strategic merge patch of maps (recorded)
 
 Tests drive it: ``create_job``/``update_job``/``complete_job``/``fail_job``/``delete_job``
-emit watch events; ``deny(verb, resource)`` answers 403; ``drop_watches_after`` cuts the
-next watch connection mid-stream; ``expire_watches`` answers the next watches with a 410
-Gone ERROR event; ``wait_for_watches(n)`` blocks until n watch connections were opened.
-Every request is recorded in ``requests`` as (method, path, query dict).
+emit watch events, ``bookmark`` a BOOKMARK; ``deny(verb, resource)`` answers 403;
+``drop_watches_after`` cuts the next watch connection mid-stream; ``expire_watches``
+answers the next watches with a 410 Gone ERROR event; ``fail_next`` answers 503;
+``wait_for_watches(n)`` blocks until n watch connections were opened. Every request is
+recorded in ``requests`` as (method, path, query dict). Clients authenticate with a
+bearer token; ``FakeKube(tls_dir=...)`` serves HTTPS with a self-signed CA, and
+``write_service_account`` writes the token and ca.crt a pod would see, for the
+in-cluster configuration.
 """
 
 from __future__ import annotations
@@ -41,6 +45,37 @@ def _merge(target: dict, patch: dict) -> None:
             target[k] = copy.deepcopy(v)
 
 
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 that is its own CA (what ca.crt holds in a pod)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-kube-apiserver")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), True)
+            .add_extension(ski, False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
+            .sign(key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    crt, pem = folder / "apiserver.crt", folder / "apiserver.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
 def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
             "reason": reason, "details": details or {}, "code": code}
@@ -49,7 +84,8 @@ def _status(code: int, reason: str, message: str, details: dict | None = None) -
 class FakeKube:
     """The fake API server; use as a context manager or call start()/stop()."""
 
-    def __init__(self, namespace: str = "technogan", user: str = "system:serviceaccount:technogan:waiter"):
+    def __init__(self, namespace: str = "technogan", user: str = "system:serviceaccount:technogan:waiter",
+                 tls_dir: Path | None = None):
         self.namespace = namespace
         self.user = user
         self.lock = threading.Condition()
@@ -64,10 +100,20 @@ class FakeKube:
         self.expire = 0  # answer this many next watches with 410 Gone
         self.watches_opened = 0
         self.stopped = False
+        self.unavailable = 0  # answer this many next requests with 503
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
+        self.ca_file: Path | None = None
+        if tls_dir is not None:  # HTTPS, as a real API server and the in-cluster configuration speak
+            import ssl
+
+            self.ca_file, key = _self_signed(tls_dir)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.ca_file, key)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.port = self.server.server_address[1]
+        self.url = f"{'https' if tls_dir else 'http'}://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,7 +147,30 @@ class FakeKube:
         }))
         return path
 
+    def write_service_account(self, folder: Path) -> tuple[Path, Path]:
+        """A pod's ServiceAccount files (token, ca.crt) for this server; it must have been made with tls_dir."""
+        assert self.ca_file is not None, "in-cluster clients speak HTTPS: FakeKube(tls_dir=...)"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "token").write_text(TOKEN)
+        (folder / "namespace").write_text(self.namespace)
+        (folder / "ca.crt").write_bytes(self.ca_file.read_bytes())
+        return folder / "token", folder / "ca.crt"
+
     # ------------------------------------------------------------------ test controls
+
+    def fail_next(self, n: int) -> None:
+        """Answer the next ``n`` requests with 503, as an API server restarting."""
+        with self.lock:
+            self.unavailable = n
+
+    def bookmark(self) -> int:
+        """Send a BOOKMARK event to open watches (it carries only a resourceVersion)."""
+        with self.lock:
+            self.rv += 1
+            self.events.append((self.rv, "BOOKMARK", {"kind": "Job", "apiVersion": "batch/v1",
+                                                      "metadata": {"resourceVersion": str(self.rv)}}))
+            self.lock.notify_all()
+            return self.rv
 
     def deny(self, verb: str, resource: str) -> None:
         """Answer ``verb`` (get, list, watch, patch) on ``resource`` (jobs, deployments) with 403."""
@@ -225,7 +294,12 @@ class FakeKube:
         raw = h.rfile.read(length) if length else b""
         with self.lock:
             self.requests.append((method, url.path, query))
-        if h.headers.get("Authorization") != f"Bearer {TOKEN}":
+        with self.lock:
+            busy, self.unavailable = self.unavailable > 0, max(0, self.unavailable - 1)
+        if busy:
+            return self._send(h, 503, _status(503, "ServiceUnavailable", "the server is shutting down"))
+        scheme, _, token = (h.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token != TOKEN:  # the scheme is case-insensitive (RFC 7235)
             return self._send(h, 401, _status(401, "Unauthorized", "Unauthorized"))
         parts = url.path.strip("/").split("/")
         # apis/<group>/v1/namespaces/<ns>/<resource>[/<name>]
@@ -277,6 +351,7 @@ class FakeKube:
         """Stream events after resourceVersion until timeoutSeconds, as chunked JSON lines."""
         since = int(query.get("resourceVersion") or 0)
         timeout = float(query.get("timeoutSeconds") or 300)
+        bookmarks = query.get("allowWatchBookmarks") == "true"
         with self.lock:
             self.watches_opened += 1
             expire, self.expire = self.expire > 0, max(0, self.expire - 1)
@@ -301,7 +376,7 @@ class FakeKube:
                 sent = 0
                 while True:
                     with self.lock:
-                        new = [e for e in self.events if e[0] > since]
+                        new = [e for e in self.events if e[0] > since and (bookmarks or e[1] != "BOOKMARK")]
                         if not new:
                             left = end - time.monotonic()
                             if left <= 0 or self.stopped:

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import cli, cluster
 from pipeline.errors import UserError
+from tests.cluster.fake_k8s import FakeKube
 
 TECHNOGAN = str(Path(sys.executable).with_name("technogan"))
 
@@ -225,3 +226,62 @@ def test_cli_exit_codes(kube, kubeconfig):
     proc = _cli(kube, kubeconfig, "--job", "segment", "--timeout", "60")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "lacks get/list/watch on jobs" in err
+
+
+def test_bookmarks_move_the_resume_point(kube, kubeconfig):
+    kube.create_job("a")
+    kube.drop_watches_after(1)
+    marks: list[int] = []
+
+    def script():
+        kube.wait_for_watches(1)
+        marks.append(kube.bookmark())  # delivered, then the connection is cut at the next event
+        kube.update_job("a", active=1)
+        kube.wait_for_watches(2)
+        kube.complete_job("a")
+
+    result, _ = wait(kube, kubeconfig, ["a"], script)
+    assert result.code == 0 and kube.watch_versions() == ["1001", str(marks[0])]
+
+
+def test_an_unavailable_api_server_is_retried(kube, kubeconfig):
+    kube.create_job("a")
+    kube.complete_job("a")
+    kube.fail_next(3)  # e.g. the API server restarting
+    result, lines = wait(kube, kubeconfig, ["a"])
+    assert result.code == 0 and kube.count("GET", watch=None) == 4
+    assert sum("HTTP 503" in line for line in lines) == 3
+
+
+def test_in_a_pod_it_uses_the_service_account(tmp_path, monkeypatch):
+    """The in-cluster path the chart's init containers take: HTTPS to KUBERNETES_SERVICE_HOST,
+    the CA and token from the ServiceAccount files, the namespace from the namespace file."""
+    from kubernetes.config import incluster_config
+
+    with FakeKube(namespace="study", tls_dir=tmp_path / "tls") as kube:
+        token, ca = kube.write_service_account(tmp_path / "sa")
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+        monkeypatch.setattr(cluster, "SA_NAMESPACE_FILE", tmp_path / "sa" / "namespace")
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(kube.port))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # no fallback to hide a failure
+        monkeypatch.delenv("POD_NAMESPACE", raising=False)
+        kube.create_job("a")
+        kube.complete_job("a")
+        result = cluster.wait_for_jobs(["a"], timeout_s=30, report=lambda line: None)
+        assert result.code == 0
+        assert kube.requests == [("GET", "/apis/batch/v1/namespaces/study/jobs", {})]
+
+
+def test_a_wrong_ca_is_a_user_error_not_retried(tmp_path, monkeypatch):
+    from kubernetes.config import incluster_config
+
+    with FakeKube(tls_dir=tmp_path / "tls") as kube, FakeKube(tls_dir=tmp_path / "other") as other:
+        token, _ = kube.write_service_account(tmp_path / "sa")
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(other.ca_file))  # not kube's CA
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(kube.port))
+        with pytest.raises(UserError, match="TLS with the Kubernetes API server failed"):
+            cluster.wait_for_jobs(["a"], timeout_s=60, namespace="technogan", report=lambda line: None)
