@@ -63,19 +63,21 @@ def api_client(kubeconfig: str | os.PathLike | None = None):
     """A kubernetes ApiClient: --kubeconfig when given, else in-cluster, else KUBECONFIG/~/.kube/config."""
     from kubernetes import client, config
 
+    in_pod = "not in a pod"
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         cfg = client.Configuration()
         try:
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(cfg)
-        except config.ConfigException as e:
-            log.debug("not using the in-cluster configuration: %s", e)
-    path = str(kubeconfig) if kubeconfig is not None else None
+        except config.ConfigException as e:  # e.g. automountServiceAccountToken: false
+            in_pod = f"in a pod without a usable ServiceAccount ({e})"
+    # KUBECONFIG read now, not when the kubernetes package was imported; it may list several files
+    path = str(kubeconfig) if kubeconfig is not None else os.environ.get("KUBECONFIG") or None
     try:
         return config.new_client_from_config(config_file=path)
     except (config.ConfigException, OSError) as e:
-        where = path or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise UserError(f"no Kubernetes configuration: not in a pod, and {where} is unusable ({e})") from e
+        raise UserError(f"no Kubernetes configuration: {in_pod}, and {path or '~/.kube/config'} "
+                        f"is unusable ({e})") from e
 
 
 def _api_error(e, verbs: str, resource: str, namespace: str) -> UserError:
@@ -137,8 +139,9 @@ class WaitResult:
 def _job_state(state: JobState, job: Any) -> None:
     """Update ``state`` from a V1Job (or None: the Job does not exist)."""
     if job is None:
-        state.deleted = state.seen
-        state.complete = state.failed = False
+        # a completed Job that goes away (ttlSecondsAfterFinished, a cleanup) stays completed
+        state.deleted = state.seen and not state.complete
+        state.failed = False
         return
     state.seen, state.deleted = True, False
     status = job.status

@@ -161,6 +161,20 @@ def test_a_deleted_job_is_waited_for_again(kube, kubeconfig):
     assert any("a (deleted" in line for line in lines)
 
 
+def test_a_completed_job_removed_by_its_ttl_stays_completed(kube, kubeconfig):
+    kube.create_job("a")
+    kube.create_job("b")
+
+    def script():
+        kube.wait_for_watches(1)
+        kube.complete_job("a")
+        kube.delete_job("a")  # ttlSecondsAfterFinished while b still runs
+        kube.complete_job("b")
+
+    result, _ = wait(kube, kubeconfig, ["a", "b"], script)
+    assert result.code == 0, result.message
+
+
 @pytest.mark.parametrize("verb", ["list", "watch"])
 def test_403_is_a_user_error_naming_the_missing_permission(kube, kubeconfig, verb):
     kube.create_job("a")
