@@ -36,7 +36,10 @@ RUNS = {
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
+    # MLflow 3's server otherwise starts a job runner and seven huey consumers (GenAI jobs), eight
+    # processes importing mlflow that log no metric; the chart's server turns them off the same way
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     s = MlflowServer(tmp_path / "server")
     s.root.mkdir()
     s.start()
