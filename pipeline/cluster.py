@@ -340,6 +340,7 @@ def rollout(deployment: str, archive: str | os.PathLike, *, namespace: str | Non
     api = api or client.AppsV1Api(api_client(kubeconfig))
     where = f"Deployment {deployment} in namespace {namespace}"
     previous: str | None = None
+    unread = ""
     try:
         current = api.read_namespaced_deployment(deployment, namespace, _request_timeout=(10, 30))
         meta = current.spec.template.metadata
@@ -349,7 +350,7 @@ def rollout(deployment: str, archive: str | os.PathLike, *, namespace: str | Non
             raise UserError(f"rollout: {where} not found (is the chart installed, and the name right?)") from e
         if e.status != 403:
             raise _api_error(e, "get and patch", f"deployments/{deployment} (apps)", namespace) from e
-        log.info("cannot read %s (no get permission); patching without comparing digests", where)
+        unread = " (it could not be read first: no get permission, so it was patched without comparing)"
     except Exception as e:
         if _is_connection_error(e):
             raise UserError(f"rollout: cannot reach the Kubernetes API server ({e})") from e
@@ -371,7 +372,7 @@ def rollout(deployment: str, archive: str | os.PathLike, *, namespace: str | Non
         raise
     was = f"was {previous[:12]}" if previous else "no digest before"
     return RolloutResult(digest, previous, True, f"patched {where}: {ANNOTATION}={digest} ({was}); "
-                                                 f"its pods roll onto {path.name}")
+                                                 f"its pods roll onto {path.name}{unread}")
 
 
 # --------------------------------------------------------------------------- CLI

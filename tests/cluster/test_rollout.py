@@ -56,6 +56,7 @@ def test_without_get_permission_it_patches_anyway(kube, kubeconfig, archive):
     kube.deny("get", "deployments")
     result = cluster.rollout("technogan-serve", archive, namespace="technogan", kubeconfig=kubeconfig)
     assert result.changed and annotations(kube)[KEY] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert "no get permission" in result.message
     # the second time it cannot tell; the patch it sends changes nothing (no new rollout)
     cluster.rollout("technogan-serve", archive, namespace="technogan", kubeconfig=kubeconfig)
     assert len(kube.patches) == 2 and kube.deployments["technogan-serve"]["metadata"]["generation"] == 2
