@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import RunConfig, load_config
+from pipeline.config import RunConfig, add_config_argument, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,12 @@ def run(config: RunConfig, out: str | Path | None = None) -> RunContext:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/quickstart.yaml", help="YAML preset (default: %(default)s)")
+    add_config_argument(p)
     p.add_argument("--out", help="output folder (default: the config's out_dir)")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from_args(args)
     ctx = run(config, args.out)
     print("\nWhere everything went:")
     width = max(len(k) for k in ctx.outputs)
