@@ -259,7 +259,10 @@ class TrackedRun:
         from pipeline.errors import UserError
 
         _configure_http(request_timeout_s)
-        client = get_client(uri)
+        try:
+            client = get_client(uri)
+        except Exception as e:  # a local store MLflow cannot even open (its folder is a file, ...)
+            raise UserError(f"MLflow tracking store {tracking_uri(uri)} unusable: {e}") from e
         spool = Path(spool_dir) if spool_dir else Path.cwd() / DEFAULT_SPOOL
         deadline = time.monotonic() + start_timeout_s
         delay = 0.5
