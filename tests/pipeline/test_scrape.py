@@ -474,6 +474,7 @@ def _files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # the loopback audio server
 @pytest.mark.parametrize("bad", BAD_IDS, ids=[repr(b) for b in BAD_IDS])
 def test_listed_ids_that_are_not_video_ids_are_refused_per_entry(tmp_path, server, bad):
     work = tmp_path / "deep" / "er"
@@ -493,6 +494,7 @@ def test_listed_ids_that_are_not_video_ids_are_refused_per_entry(tmp_path, serve
     assert [r["id"] for r in iter_records(out)] == [video_id(0), video_id(2)]
 
 
+@pytest.mark.slow  # the loopback audio server
 def test_refused_ids_count_as_failures_in_the_exit_status(tmp_path, server):
     backend = FakeBackend(server.base_url, {playlist_url(0): [
         FakeVideo("../../escaped-by-id", file="t1.mp3", duration=SECONDS),
@@ -538,6 +540,7 @@ def test_a_list_id_with_path_characters_never_reaches_the_backend(tmp_path, url)
     assert seen == [playlist_url(3)]  # only the good entry, as a URL rebuilt from its checked id
 
 
+@pytest.mark.slow  # the loopback audio server
 def test_the_backend_gets_urls_rebuilt_from_checked_ids(tmp_path, server):
     seen: list[str] = []
 
@@ -566,6 +569,7 @@ def _cli_args(tmp_path: Path, *extra: str):
                               "--config", str(tmp_path / "preset.yaml"), "--no-progress", *extra])
 
 
+@pytest.mark.slow  # the loopback audio server
 @pytest.mark.parametrize("errors, expected", [
     ({playlist_url(0): ["permanent"], playlist_url(1): ["permanent"]}, 3),  # nothing a retry can fix
     ({playlist_url(0): ["permanent"], playlist_url(1): ["transient"]}, 1),  # a retry may list it
@@ -582,6 +586,7 @@ def test_dry_run_fails_when_no_playlist_could_be_listed(tmp_path, server, capsys
     assert not (tmp_path / "out").exists() and server.requests == []
 
 
+@pytest.mark.slow  # the loopback audio server
 def test_a_server_that_trickles_bytes_is_given_up_on(tmp_path, server):
     backend, entries = catalog(server, n_playlists=1, per=2, dup=False)
     server.add_faults("t0.mp3", "trickle")  # never silent for read_timeout, yet minutes for the file
@@ -593,6 +598,7 @@ def test_a_server_that_trickles_bytes_is_given_up_on(tmp_path, server):
     assert rec["status"] == "failed" and rec["reason"] == "too_slow" and not rec["permanent"]
 
 
+@pytest.mark.slow  # the loopback audio server
 def test_a_trickled_download_continues_on_the_next_attempt(tmp_path, server, audio_files):
     backend, entries = catalog(server, n_playlists=1, per=1, dup=False)
     server.add_faults("t0.mp3", "trickle")

@@ -101,6 +101,7 @@ def preempt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(loop, "gan_step", step)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,steps", [("dcgan2", 10), ("wgan-gp", 2)])
 def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, steps, monkeypatch):
     # dcgan2: dropout in both networks (global RNG), 20 steps cross two epoch ends;
@@ -263,6 +264,7 @@ def _flat(d, prefix=""):
     return out
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_naming_the_keys(tmp_path, small_dataset, monkeypatch):
     import shutil
     import yaml
@@ -314,6 +316,7 @@ def _overrides(config):
     return {k: v for k, v in _flat(d).items() if v is not None}
 
 
+@pytest.mark.slow
 def test_cli_resume_with_another_batch_size_exits_2(tmp_path, small_dataset, capsys, monkeypatch):
     from pipeline.cli import main as cli_main
 
@@ -333,6 +336,7 @@ def test_cli_resume_with_another_batch_size_exits_2(tmp_path, small_dataset, cap
 
 # ----------------------------------------------------------------------------- divergence (issue 12, item 8)
 
+@pytest.mark.slow
 def test_a_run_whose_losses_become_nan_or_inf_exits_3(tmp_path, small_dataset, capsys, monkeypatch):
     from pipeline.cli import main as cli_main
 
@@ -350,12 +354,12 @@ def test_a_run_whose_losses_become_nan_or_inf_exits_3(tmp_path, small_dataset, c
 
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "true"])
-def test_a_non_finite_learning_rate_is_refused_before_training(tmp_path, small_dataset, capsys, value):
+def test_a_non_finite_learning_rate_is_refused_before_training(tmp_path, capsys, value):
     from pipeline.cli import main as cli_main
 
     preset = tmp_path / "bad.yaml"
     preset.write_text(f"train: {{lr: {value}}}\n")
-    code = cli_main(["train", "--config", str(preset), "--dataset", str(small_dataset), "--out", str(tmp_path)])
+    code = cli_main(["train", "--config", str(preset), "--dataset", str(tmp_path / "dataset"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and f"{preset}: train.lr:" in err and "Traceback" not in err
     assert not (tmp_path / "dcgan1").exists()
