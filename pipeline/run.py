@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import RunConfig, add_config_argument, config_from_args
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ def step_train(ctx: RunContext) -> None:
             ctx.outputs[f"{name} run"] = f"{done['run_id']} (finished earlier, {done['step']} steps)"
             continue
         result = train(config, dataset=ctx.dataset_dir, label=name, out_dir=out)
+        if result.run_id is None:  # training went on without the server; the chain needs its runs
+            raise UserError(f"{name}: the tracking server {tracking_uri(ctx.config.tracking.uri)} never answered, "
+                            f"so the run is only spooled (tracking.spool_dir); start the server and run again")
         if result.status != "finished":
             log.warning("%s %s: %s", name, result.status, result.reason)
         if result.generator_path is not None:

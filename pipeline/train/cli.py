@@ -56,7 +56,8 @@ def resolve(args: argparse.Namespace):
         runs = base.train.runs
         if args.study_run not in runs:
             known = ", ".join(runs) or "none in this config"
-            raise UserError(f"{args.config}: no run {args.study_run!r} under train.runs (known: {known})")
+            raise UserError(f"{args.config or 'the embedded defaults'}: no run {args.study_run!r} under train.runs "
+                            f"(known: {known})")
         r = runs[args.study_run]
         overrides.update({"model.name": r.model, "train.epochs": r.epochs, "data.max_samples": r.max_samples})
         label = args.study_run

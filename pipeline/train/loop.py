@@ -100,7 +100,7 @@ def previous_result(config: RunConfig, label: str, dataset: str | Path | None = 
     if path is None or not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if result.get("status") != "finished" or result.get("config_hash") != config_hash(
+    if result.get("status") != "finished" or not result.get("run_id") or result.get("config_hash") != config_hash(
             config, resolve_dataset(config, dataset)):
         return None
     return result
