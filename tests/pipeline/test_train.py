@@ -363,3 +363,19 @@ def test_a_non_finite_learning_rate_is_refused_before_training(tmp_path, capsys,
     err = capsys.readouterr().err
     assert code == 2 and f"{preset}: train.lr:" in err and "Traceback" not in err
     assert not (tmp_path / "dcgan1").exists()
+
+
+def test_resume_differences_name_every_changed_setting_and_nothing_else():
+    from pipeline.train.loop import resume_differences
+
+    base = load_config(None)
+    meta = {"config": base.model_dump(mode="json"), "dataset": "/data/a", "dataset_fingerprint": "f1"}
+    assert resume_differences(meta, base, Path("/data/a"), "f1") == []
+    changed = load_config(None, {"train.batch_size": 8, "model.g_width": 8, "train.lr": 1e-3})
+    assert resume_differences(meta, changed, Path("/data/a"), "f1") == [
+        "model.g_width: 16 -> 8", "train.batch_size: 32 -> 8", "train.lr: None -> 0.001"]
+    assert resume_differences(meta, base, Path("/data/b"), "f2") == [
+        "dataset.fingerprint: 'f1' -> 'f2'", "dataset.path: '/data/a' -> '/data/b'"]
+    menu = load_config(None, {"train.runs": {"x": {"model": "dcgan1", "epochs": 1}}})
+    assert resume_differences(meta, menu, Path("/data/a"), "f1") == []  # named runs are a menu, not a setting
+    assert resume_differences({"dataset": "/data/a"}, base, Path("/data/a"), "f1")  # unknown settings: refused
