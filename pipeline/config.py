@@ -8,13 +8,18 @@ with every run.
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
@@ -24,8 +29,59 @@ class ConfigError(UserError, ValueError):
     """A config file or value is wrong; the message names the key and the file."""
 
 
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field annotation admits (Optional/Union/Literal unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in typing.get_args(annotation)))
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    return {annotation} if annotation in (bool, int, float, str) else set()
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every config section: unknown keys refused, and no silent coercion.
+
+    pydantic's lax mode would read ``epochs: true`` as 1, ``lr: .inf`` as infinity,
+    ``amp: "no"`` as False and ``experiment: ""`` as a name; a config is written by
+    hand, so each of those is a mistake reported with its key instead."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return v
+        kinds = _scalar_kinds(field.annotation)
+        if not kinds or v is None:
+            return v
+        if isinstance(v, bool):
+            if bool not in kinds:
+                raise ValueError(f"expected {_kind_names(kinds)}, got a boolean ({v})")
+            return v
+        if isinstance(v, int):
+            if int not in kinds and float not in kinds:
+                raise ValueError(f"expected {_kind_names(kinds)}, got an integer ({v})")
+            return v
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"must be a finite number, got {v}")
+            if float not in kinds:
+                raise ValueError(f"expected {_kind_names(kinds)}, got a decimal number ({v})")
+            return v
+        if isinstance(v, str):
+            if str not in kinds:
+                raise ValueError(f"expected {_kind_names(kinds)}, got a string ({v!r})")
+            if not v.strip() and field.default != "":
+                raise ValueError("must not be empty")
+        return v
+
+
+def _kind_names(kinds: set[type]) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return " or ".join(names[k] for k in (bool, int, float, str) if k in kinds)
 
 
 # ----------------------------------------------------------------------------- mel
@@ -116,18 +172,33 @@ class SegmentConfig(Section):
     batch_clips: int = Field(16, ge=1, le=1024, description="clips decoded and turned into mels at a time")
 
 
+# The model resolutions the networks support (pipeline.models.networks builds them);
+# stated here once so the config and the networks cannot disagree.
+MIN_RESOLUTION = 32
+MAX_RESOLUTION = 256
+
+
+def resolution_problem(r: int) -> Optional[str]:
+    """Why ``r`` is not a supported model resolution, or None when it is."""
+    if r < MIN_RESOLUTION or r > MAX_RESOLUTION or r & (r - 1):
+        return f"must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {r}"
+    return None
+
+
 class DataConfig(Section):
     """How the training set is drawn from the dataset."""
 
-    resolution: int = Field(64, description="model input size, a power of two")
+    resolution: int = Field(64, description=f"model input size, a power of two from {MIN_RESOLUTION} "
+                                            f"to {MAX_RESOLUTION}")
     max_samples: Optional[int] = Field(None, ge=1)
     seed: int = 0
 
     @field_validator("resolution")
     @classmethod
     def _pow2(cls, v: int) -> int:
-        if v < 8 or v > 1024 or v & (v - 1):
-            raise ValueError(f"must be a power of two between 8 and 1024, got {v}")
+        problem = resolution_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -141,6 +212,8 @@ class ScrapeConfig(Section):
     pause_seconds: float = Field(2.0, ge=0.0, le=600.0, description="pause between two downloads")
     connect_timeout: float = Field(10.0, gt=0.0, le=600.0, description="seconds to open a connection")
     read_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds without a byte before giving up")
+    download_timeout: float = Field(1800.0, gt=0.0, le=86400.0, description="seconds one download attempt may "
+                                    "take in all: a server that trickles bytes is given up on (then retried)")
     chunk_bytes: int = Field(10 * 1024 * 1024, ge=0, description="HTTP Range request size; 0 = one request")
     max_failure_share: float = Field(0.1, ge=0.0, le=1.0, description="exit non-zero above this share of failures")
     min_duration: float = Field(120.0, ge=0.0, description="default per playlist: shorter videos are skipped (s)")
@@ -220,7 +293,8 @@ class TrackingConfig(Section):
     experiment: str = "technogan"
     request_timeout_s: float = Field(10.0, gt=0.0)
     max_backoff_s: float = Field(30.0, gt=0.0, description="longest wait between retries")
-    start_timeout_s: float = Field(60.0, ge=0.0, description="how long to wait for the server at run start")
+    start_timeout_s: float = Field(10.0, ge=0.0, description="how long training waits for a tracking server at "
+                                   "run start before going on without it (the run is created when it answers)")
     flush_timeout_s: float = Field(60.0, ge=0.0, description="how long to wait at the end before spooling")
     spool_dir: Optional[str] = Field(None, description="unsent records; null = <cwd>/mlflow-spool")
 
@@ -345,19 +419,35 @@ def read_yaml(path: str | os.PathLike, what: str = "file", hint: str = "") -> An
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
 
 
+# The embedded defaults every command uses without --config: the quickstart preset,
+# shipped inside the package (pipeline/presets/quickstart.yaml is configs/quickstart.yaml,
+# linked), so an installed package without the repository checkout has the same defaults.
+DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "quickstart.yaml"
+CONFIG_HELP = "YAML preset (default: the embedded defaults, identical to configs/quickstart.yaml)"
+
+
+def add_config_argument(p: argparse.ArgumentParser, what: str = "") -> None:
+    """The ``--config`` option of every command: one default for all of them."""
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help=CONFIG_HELP if not what else f"YAML preset {what} ({CONFIG_HELP.split('(', 1)[1]}")
+
+
+def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config a command runs with: ``--config`` (else the embedded defaults) plus ``overrides``."""
+    return load_config(getattr(args, "config", None), overrides)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML preset (or the embedded defaults when ``path`` is None), apply
-    dotted-key ``overrides`` (``{"data.max_samples": 100}``) and validate everything."""
+    """Load a YAML preset (or the embedded defaults, the quickstart preset, when ``path`` is
+    None), apply dotted-key ``overrides`` (``{"data.max_samples": 100}``) and validate everything."""
     data: dict[str, Any] = {}
-    where = "<defaults>"
-    if path is not None:
-        where = str(path)
-        loaded = read_yaml(path, "config file")
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    where = str(path) if path is not None else "<defaults>"
+    loaded = read_yaml(path if path is not None else DEFAULT_PRESET, "config file")
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: top level must be a mapping, got {type(loaded).__name__}")
+    data = loaded
     for key, value in (overrides or {}).items():
         if value is None:
             continue

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.config import EvaluateConfig, MelConfig, load_config
+from pipeline.config import add_config_argument
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 
@@ -129,7 +130,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="latent seed (default: %(default)s)")
     p.add_argument("--iterations", type=int, help="Griffin-Lim iterations (default: evaluate.render_iterations)")
-    p.add_argument("--config", help="YAML preset for tracking/evaluate settings (default: embedded defaults)")
+    add_config_argument(p, "for tracking/evaluate settings")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import RunConfig, load_config
+from pipeline.config import RunConfig, add_config_argument, config_from_args
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ def step_train(ctx: RunContext) -> None:
             ctx.outputs[f"{name} run"] = f"{done['run_id']} (finished earlier, {done['step']} steps)"
             continue
         result = train(config, dataset=ctx.dataset_dir, label=name, out_dir=out)
+        if result.run_id is None:  # training went on without the server; the chain needs its runs
+            raise UserError(f"{name}: the tracking server {tracking_uri(ctx.config.tracking.uri)} never answered, "
+                            f"so the run is only spooled (tracking.spool_dir); start the server and run again")
         if result.status != "finished":
             log.warning("%s %s: %s", name, result.status, result.reason)
         if result.generator_path is not None:
@@ -170,12 +174,12 @@ def run(config: RunConfig, out: str | Path | None = None) -> RunContext:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/quickstart.yaml", help="YAML preset (default: %(default)s)")
+    add_config_argument(p)
     p.add_argument("--out", help="output folder (default: the config's out_dir)")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from_args(args)
     ctx = run(config, args.out)
     print("\nWhere everything went:")
     width = max(len(k) for k in ctx.outputs)

@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from pipeline.config import RunConfig, ServeConfig, load_config
+from pipeline.config import add_config_argument
 from pipeline.errors import UserError
 from pipeline.fsutil import sha256_file
 from serving.server import ARCHIVE_NAME, MODEL_NAME
@@ -274,7 +275,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--run-id", help="an MLflow training run: its latest generator checkpoint")
     src.add_argument("--checkpoint", help="a generator checkpoint file (pipeline.checkpoint format)")
     p.add_argument("--out", default="model-store", help="model store folder (default: %(default)s)")
-    p.add_argument("--config", help="YAML preset for the serve/tracking sections (default: embedded defaults)")
+    add_config_argument(p, "for the serve/tracking sections")
     p.add_argument("--force", action="store_true", help="rebuild even when the archive is up to date")
 
 

@@ -22,6 +22,7 @@ import signal
 from pathlib import Path
 
 from pipeline.config import MelConfig, load_config
+from pipeline.config import add_config_argument
 from pipeline.errors import UserError
 from serving.package import read_description
 from serving.server import ARCHIVE_NAME, Ports, TorchServe
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-store", default="model-store", help="folder holding technogan.mar (default: %(default)s)")
     p.add_argument("--port", type=int, help="inference port (default: the config's serve.port, 8080); "
                                             "management is port+1, metrics port+2, (unused) gRPC port+3 and +4")
-    p.add_argument("--config", help="YAML preset for the serve section (default: embedded defaults)")
+    add_config_argument(p, "for the serve section")
     p.add_argument("--workdir", help="TorchServe's logs and temp files (default: <model-store>/.torchserve)")
 
 

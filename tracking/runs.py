@@ -7,10 +7,14 @@ beside it (browse with ``mlflow ui --backend-store-uri sqlite:///<cwd>/mlflow.db
 A ``TrackedRun`` never blocks training on the server: every call only queues a record;
 a background thread sends them (metrics batched) and, when the server is unreachable
 or errors, retries with exponential backoff up to ``max_backoff_s`` between tries.
-Records still unsent when the run finishes (after ``flush_timeout_s``) go to a spool
-file ``<spool_dir>/<run_id>.jsonl`` that ``flush_spool`` replays; every later
-``TrackedRun.start`` tries that first. Artifacts are queued by local path, so the
-caller keeps its files (training keeps every checkpoint locally).
+That holds from the start: when a tracking *server* (http/https) does not answer
+within ``start_timeout_s``, the run is created by the sender once the server answers,
+and until then it is known by a local ``key`` (``pending-<hex>``). Records still unsent
+when the run finishes (after ``flush_timeout_s``) go to a spool file
+``<spool_dir>/<key>.jsonl`` (led by a ``create`` record when the run does not exist yet)
+that ``flush_spool`` replays; every later ``TrackedRun.start`` tries that first.
+Artifacts are queued by local path, so the caller keeps its files (training keeps
+every checkpoint locally).
 
 Artifact layout of a training run (stable; evaluation and packaging rely on it)::
 
@@ -38,6 +42,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -194,13 +199,33 @@ def _split_params(params: dict[str, str]) -> list[dict[str, str]]:
     return [dict(items[i:i + _MAX_PARAMS_PER_BATCH]) for i in range(0, len(items), _MAX_PARAMS_PER_BATCH)]
 
 
-class TrackedRun:
-    """One MLflow run fed from a background thread. Create with ``TrackedRun.start``."""
+def _create_run(client, pending: Mapping[str, Any]) -> str:
+    """Create the run a ``create`` record describes; returns its id."""
+    exp_id = ensure_experiment(client, pending["experiment"])
+    run = client.create_run(exp_id, start_time=pending.get("start_time"), tags=dict(pending.get("tags") or {}),
+                            run_name=pending.get("run_name"))
+    return run.info.run_id
 
-    def __init__(self, client, run_id: str, *, spool_dir: Path, max_backoff_s: float = 30.0,
-                 flush_timeout_s: float = 60.0, batch_interval_s: float = 1.0):
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+class TrackedRun:
+    """One MLflow run fed from a background thread. Create with ``TrackedRun.start``.
+
+    ``run_id`` is None while the run waits for an unreachable server to be created
+    (``pending``); ``key`` names it either way (local folders, the spool file)."""
+
+    def __init__(self, client, run_id: str | None, *, spool_dir: Path, max_backoff_s: float = 30.0,
+                 flush_timeout_s: float = 60.0, batch_interval_s: float = 1.0,
+                 pending: Mapping[str, Any] | None = None):
+        if (run_id is None) == (pending is None):
+            raise ValueError("a TrackedRun needs exactly one of run_id and pending")
         self.client = client
         self.run_id = run_id
+        self.pending = dict(pending) if pending else None
+        self.key = run_id or self.pending["key"]
         self.uri = client.tracking_uri
         self.spool_dir = Path(spool_dir)
         self.max_backoff_s = max_backoff_s
@@ -212,7 +237,7 @@ class TrackedRun:
         self._failing_since: float | None = None
         self.sent = 0
         self.failures = 0
-        self._thread = threading.Thread(target=self._work, name=f"mlflow-{run_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"mlflow-{self.key[:16]}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ construction
@@ -224,30 +249,48 @@ class TrackedRun:
               flush_timeout_s: float = 60.0, batch_interval_s: float = 1.0) -> "TrackedRun":
         """Create (or, with ``run_id``, reopen) a run, retrying for up to ``start_timeout_s``.
 
-        Raises ``pipeline.errors.UserError`` naming the URI if the store stays unreachable:
-        a run that cannot be created at all is a setup mistake, not a blip.
+        A tracking server (http/https) that stays unreachable does not stop the caller:
+        the run comes back *pending* (``run_id`` None) and is created by the sender once
+        the server answers, or from the spool by a later run / ``flush_spool``. Raises
+        ``pipeline.errors.UserError`` naming the URI when the store refuses the request
+        (a permanent error), when a local store (SQLite, file) is unusable, or when the
+        run to reopen cannot be reached: those are setup mistakes, not blips.
         """
         from pipeline.errors import UserError
 
         _configure_http(request_timeout_s)
-        client = get_client(uri)
+        try:
+            client = get_client(uri)
+        except Exception as e:  # a local store MLflow cannot even open (its folder is a file, ...)
+            raise UserError(f"MLflow tracking store {tracking_uri(uri)} unusable: {e}") from e
         spool = Path(spool_dir) if spool_dir else Path.cwd() / DEFAULT_SPOOL
         deadline = time.monotonic() + start_timeout_s
         delay = 0.5
+        pending = {"key": f"pending-{uuid.uuid4().hex}", "experiment": experiment, "run_name": run_name,
+                   "tags": {k: str(v) for k, v in (tags or {}).items()}, "start_time": int(time.time() * 1000)}
         while True:
             try:
                 if run_id is None:
-                    exp_id = ensure_experiment(client, experiment)
-                    run = client.create_run(exp_id, tags=dict(tags or {}), run_name=run_name)
-                    rid = run.info.run_id
+                    rid = _create_run(client, pending)
                 else:
                     client.get_run(run_id)
                     client.update_run(run_id, status="RUNNING")
                     rid = run_id
                 break
             except Exception as e:
-                if _is_permanent(e) or time.monotonic() + delay > deadline:
+                out_of_time = time.monotonic() + delay > deadline
+                if _is_permanent(e) or (out_of_time and not _is_server(client.tracking_uri)):
                     raise UserError(f"MLflow tracking store {client.tracking_uri} unusable: {e}") from e
+                if out_of_time:
+                    # a server that is down must not stop training (README, Tracking): queue
+                    log.warning("tracking: %s unreachable for %.0f s (%s); training goes on without it: %s, "
+                                "records queue meanwhile (spooled to %s if it never answers)",
+                                client.tracking_uri, start_timeout_s, type(e).__name__,
+                                f"run {run_id} is continued" if run_id else "the run is created",
+                                spool)
+                    return cls(client, run_id, spool_dir=spool, max_backoff_s=max_backoff_s,
+                               flush_timeout_s=flush_timeout_s, batch_interval_s=batch_interval_s,
+                               pending=None if run_id else pending)
                 log.warning("tracking: %s unreachable (%s); retrying in %.1f s", client.tracking_uri,
                             type(e).__name__, delay)
                 time.sleep(delay)
@@ -302,6 +345,13 @@ class TrackedRun:
                     return
                 batch = _take_batch(self._queue)
             try:
+                if self.run_id is None:
+                    try:
+                        self.run_id = _create_run(self.client, self.pending)
+                    except Exception as e:  # never dropped: retried, else spooled with its create record
+                        raise RuntimeError(f"cannot create the run yet: {e}") from e
+                    log.warning("tracking: %s answers; created run %s for %s, sending the queued records",
+                                self.uri, self.run_id, self.key)
                 _send(self.client, self.run_id, batch)
             except Exception as e:
                 if _is_permanent(e):
@@ -375,7 +425,9 @@ class TrackedRun:
             left = list(self._queue)
             self._queue.clear()
         if left:
-            path = spool_records(self.spool_dir, self.uri, self.run_id, left)
+            if self.run_id is None:  # the replay creates the run first
+                left.insert(0, _Record("create", self.pending))
+            path = spool_records(self.spool_dir, self.uri, self.run_id or self.key, left)
             log.warning("tracking: %d record(s) not sent to %s; spooled to %s (sent on the next run or by "
                         "tracking.runs.flush_spool)", len(left), self.uri, path)
             return False
@@ -405,7 +457,8 @@ def spool_records(spool_dir: Path, uri: str, run_id: str, records: Iterable[_Rec
 
 def flush_spool(spool_dir: str | os.PathLike | None = None, uri: str | None = None) -> int:
     """Send every spooled record whose URI is ``tracking_uri(uri)``; returns how many were sent.
-    A file is removed only once all its records went through."""
+    A ``create`` record (a run that never reached the server) creates the run first and the
+    file's later records go to it. A file is removed only once all its records went through."""
     from pipeline.fsutil import atomic_write_text
 
     spool = Path(spool_dir) if spool_dir else Path.cwd() / DEFAULT_SPOOL
@@ -421,15 +474,20 @@ def flush_spool(spool_dir: str | os.PathLike | None = None, uri: str | None = No
             continue
         client = client or get_client(target)
         done = 0
+        created: dict[str, str] = {}  # local key -> the run id it got
         for x in mine:
             try:
-                _send(client, x["run_id"], [_Record(x["kind"], x["data"])])
+                if x["kind"] == "create":
+                    created[x["run_id"]] = _create_run(client, x["data"])
+                else:
+                    _send(client, created.get(x["run_id"], x["run_id"]), [_Record(x["kind"], x["data"])])
             except Exception as e:
                 if not _is_permanent(e):
                     break
             done += 1
         sent += done
-        rest = [x for x in lines if x["uri"] != target] + mine[done:]
+        rest = [x for x in lines if x["uri"] != target] + [
+            {**x, "run_id": created.get(x["run_id"], x["run_id"])} for x in mine[done:]]
         if rest:
             atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in rest))
         else:

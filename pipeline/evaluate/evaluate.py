@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import EvaluateConfig, MelConfig, load_config
+from pipeline.config import EvaluateConfig, MelConfig, add_config_argument, config_from_args
 from pipeline.errors import UserError
 from pipeline.evaluate.encoder import Encoder, get_encoder
 from pipeline.evaluate.features import beat_analysis, hand_features
@@ -284,12 +284,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which checkpoint(s) to score (default: %(default)s)")
     p.add_argument("--dataset", help="real mel dataset (default: the one the run trained on)")
     p.add_argument("--n", type=int, help="generated clips (default: the config's evaluate.n, 2048)")
-    p.add_argument("--config", help="YAML preset for evaluate/tracking settings (default: embedded defaults)")
+    add_config_argument(p, "for evaluate/tracking settings")
     p.add_argument("--out", help="also keep the JSON/Markdown reports in this folder")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, {"evaluate.n": args.n})
+    config = config_from_args(args, {"evaluate.n": args.n})
     report = evaluate_run(args.run_id, args.checkpoint, args.dataset, config.evaluate, config.tracking.uri, args.out)
     print(f"run {args.run_id}, checkpoint {report.info.get('checkpoint')}, encoder {report.info.get('encoder_id')}")
     print(format_table(report))

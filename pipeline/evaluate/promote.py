@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.config import add_config_argument, config_from_args
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluate import BASELINE_PREFIX, PREFIX
 from pipeline.evaluate.metrics import higher_is_better
@@ -121,12 +121,12 @@ def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="MLflow experiment (default: the config's tracking.experiment)")
     p.add_argument("--metric", help="selection metric key (default: the config's evaluate.selection_metric)")
-    p.add_argument("--config", help="YAML preset (default: embedded defaults)")
+    add_config_argument(p)
     p.add_argument("--out", help="also keep comparison.md/.json in this folder")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = config_from_args(args)
     ev = config.evaluate
     result = promote(args.experiment or config.tracking.experiment, args.metric or ev.selection_metric,
                      ev.registry_model, ev.champion_alias, config.tracking.uri, args.out)

@@ -24,11 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig
+# the supported resolutions are stated once, in the config (re-exported here for callers)
+from pipeline.config import MAX_RESOLUTION, MIN_RESOLUTION, ModelConfig, resolution_problem  # noqa: F401
 from pipeline.errors import UserError
-
-MIN_RESOLUTION = 32
-MAX_RESOLUTION = 256
 
 # The figures of the study, row by row (layer type names without the index).
 FIGURES: dict[str, list[str]] = {
@@ -51,10 +49,9 @@ FIGURES: dict[str, list[str]] = {
 def check_resolution(resolution: int, halvings: int = 4) -> int:
     """The bottleneck side R / 2^halvings; raises UserError for an unsupported R."""
     r = int(resolution)
-    if r < MIN_RESOLUTION or r > MAX_RESOLUTION or r & (r - 1):
-        raise UserError(
-            f"model resolution must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {resolution}"
-        )
+    problem = resolution_problem(r)
+    if problem:
+        raise UserError(f"model resolution {problem}")
     return r >> halvings
 
 

@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig, load_config
+from pipeline.config import ModelConfig, add_config_argument, config_from_args
 from pipeline.models.registry import MODELS, get_model
 
 
@@ -70,10 +70,11 @@ def summarize(name: str, model_cfg: ModelConfig, resolution: int) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--resolution", type=int, help="model resolution (default: the config's data.resolution)")
-    p.add_argument("--config", help="YAML preset for widths/latent size (default: embedded defaults)")
+    add_config_argument(p, "for widths/latent size")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    print(summarize(args.model, config.model, args.resolution or config.data.resolution))
+    # through the config's validation: --resolution 0 is an error, never "use the default"
+    config = config_from_args(args, {"data.resolution": args.resolution})
+    print(summarize(args.model, config.model, config.data.resolution))
     return 0

@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Optional
 
-from pipeline.config import load_config
+from pipeline.config import add_config_argument, config_from_args
 from pipeline.errors import UserError
 from pipeline.scrape.backends import BACKENDS, Backend, make_backend
 from pipeline.scrape.playlists import load_playlists
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tracks", type=int, help="take at most N eligible videos over all playlists")
     p.add_argument("--dry-run", action="store_true", help="list and filter, print the plan, download nothing")
     p.add_argument("--retry-failed", action="store_true", help="also retry videos that failed permanently before")
-    p.add_argument("--config", help="YAML preset whose scrape: section sets retries, timeouts, ... (default: built-in)")
+    add_config_argument(p, "whose scrape: section sets retries, timeouts, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs of a Job)")
 
 
@@ -48,7 +48,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(args: argparse.Namespace, backend: Optional[Backend] = None) -> int:
     """Run the stage; ``backend`` overrides ``--backend`` (tests pass a fake one)."""
-    config = load_config(args.config).scrape
+    config = config_from_args(args).scrape
     if args.backend:
         config = config.model_copy(update={"backend": args.backend})
     if args.max_tracks is not None and args.max_tracks < 1:
@@ -69,7 +69,9 @@ def main(args: argparse.Namespace, backend: Optional[Backend] = None) -> int:
     print(f"\n{head} (shard {shard}, backend {backend.name}, out {args.out})")
     print(summary.format(config.max_failure_share))
     if args.dry_run:
-        return 0
+        # nothing downloaded, so only the listing can fail: when no playlist could be
+        # listed the plan is empty for a reason the caller must see
+        return status if summary.listing_failures and not summary.unique else 0
     if not ok:
         why = "some were transient: a retry may help" if status == 1 else "all permanent: a retry will not help"
         print(f"technogan scrape: failure share {summary.failure_share:.1%} is above scrape.max_failure_share "

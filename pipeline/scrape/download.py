@@ -1,7 +1,9 @@
 """The download path every backend ends in: stream to a temporary file, verify, rename.
 
 * ``HttpFetcher.fetch`` streams an ``AudioSource.url`` into a ``.tmp-`` file beside
-  the final one, with per-request (connect, read) timeouts. It asks for the body in
+  the final one, with per-request (connect, read) timeouts and an overall deadline
+  per attempt (``download_timeout``: a server that sends a byte now and then never
+  trips the read timeout). It asks for the body in
   HTTP Range chunks (``chunk_bytes``; servers that ignore Range get one request), and
   a retry after a dropped connection or a stall continues from the bytes already on
   disk instead of starting over.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import requests
+import urllib3
 
 from pipeline.config import ScrapeConfig
 from pipeline.scrape.backends import AudioSource, TransientError, http_error, short_text
@@ -98,6 +101,7 @@ class HttpFetcher:
         """Download ``source.url`` into ``path``, continuing from its current size. Returns its final size."""
         assert source.url is not None
         timeout = (self.config.connect_timeout, self.config.read_timeout)
+        deadline = time.monotonic() + self.config.download_timeout
         have = path.stat().st_size if path.exists() else 0
         total = source.size
         chunk = self.config.chunk_bytes
@@ -116,6 +120,7 @@ class HttpFetcher:
             except requests.RequestException as e:
                 raise TransientError("connection", short_text(e)) from e
             with resp:
+                _check_deadline(deadline, self.config.download_timeout, have)
                 if resp.status_code == 416 and total is not None and have >= total:
                     break
                 if resp.status_code >= 400:
@@ -135,14 +140,17 @@ class HttpFetcher:
                 got = 0
                 try:
                     with open(path, mode) as f:
-                        for block in resp.iter_content(_BLOCK):
+                        for block in _blocks(resp):
                             f.write(block)
                             got += len(block)
                             if progress:
                                 progress(len(block))
+                            _check_deadline(deadline, self.config.download_timeout, have + got)
                 except requests.Timeout as e:  # stalled mid-body: keep what we have, resume later
                     raise TransientError("timeout", short_text(e)) from e
-                except (requests.RequestException, ConnectionError) as e:
+                except urllib3.exceptions.ReadTimeoutError as e:
+                    raise TransientError("timeout", short_text(e)) from e
+                except (requests.RequestException, ConnectionError, urllib3.exceptions.HTTPError) as e:
                     # requests reports a read timeout inside the body as a ConnectionError
                     reason = "timeout" if "timed out" in str(e).lower() else "connection"
                     raise TransientError(reason, short_text(e)) from e
@@ -157,6 +165,28 @@ class HttpFetcher:
                 if got == 0:
                     raise TransientError("empty_body", f"no bytes at offset {have}")
         return have
+
+
+def _check_deadline(deadline: float, limit: float, have: int) -> None:
+    if time.monotonic() > deadline:
+        # transient: the bytes so far stay and the next attempt (its own deadline) continues them
+        raise TransientError("too_slow", f"download took over download_timeout={limit:g} s "
+                                         f"({have} bytes so far); given up on")
+
+
+def _blocks(resp: requests.Response):
+    """The body as it arrives: whatever one socket read returns (at most _BLOCK bytes), so
+    the caller checks its deadline between reads even when the server trickles; a
+    full-block read would wait for 64 KiB of a trickle."""
+    raw = resp.raw
+    if not hasattr(raw, "read1"):
+        yield from resp.iter_content(_BLOCK)
+        return
+    while True:
+        block = raw.read1(_BLOCK, decode_content=True)
+        if not block:
+            return
+        yield block
 
 
 # ----------------------------------------------------------------------------- verification

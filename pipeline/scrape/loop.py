@@ -16,6 +16,7 @@ recorded size is not fetched again; a permanent failure is not retried (unless
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pipeline.fsutil import TMP_PREFIX, sha256_file
 from pipeline.scrape.backends import Backend, PermanentError, ScrapeError, TransientError, VideoInfo, short_text
 from pipeline.scrape.download import HttpFetcher, RetryPolicy, fsync_file, verify_audio
 from pipeline.scrape.manifest import ManifestWriter, manifest_name, read_manifest
-from pipeline.scrape.playlists import PlaylistEntry
+from pipeline.scrape.playlists import PlaylistEntry, canonical_url, check_video_id, parse_youtube_url
 from pipeline.shard import Shard
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def _now() -> str:
 
 
 def temp_path(audio_dir: Path, video_id: str) -> Path:
-    """Where a video downloads before it is verified; segment skips ``.tmp-`` names."""
-    return audio_dir / f"{TMP_PREFIX}{video_id}{PART_SUFFIX}"
+    """Where a video downloads before it is verified; segment skips ``.tmp-`` names.
+    ValueError for anything but a checked video id: no name ever leaves ``audio_dir``."""
+    return audio_dir / f"{TMP_PREFIX}{check_video_id(video_id)}{PART_SUFFIX}"
 
 
 def _temp_owner(path: Path) -> Optional[str]:
@@ -76,6 +78,7 @@ class Plan:
     candidates: list[Candidate]  # every unique listed video, in listing order
     listing_failures: dict[str, str] = field(default_factory=dict)  # playlist url -> reason
     listed: int = 0  # videos listed, duplicates included
+    invalid_ids: list[tuple[str, str]] = field(default_factory=list)  # (playlist url, repr of the id) refused
 
     def eligible(self) -> list[Candidate]:
         return [c for c in self.candidates if c.skip_reason is None]
@@ -99,10 +102,18 @@ def plan(entries: list[PlaylistEntry], backend: Backend, config: ScrapeConfig, r
     by_id: dict[str, Candidate] = {}
     order: list[str] = []
     failures: dict[str, str] = {}
+    invalid: list[tuple[str, str]] = []
     listed = 0
     for entry in tqdm(entries, desc="listing", unit="playlist", disable=len(entries) < 2):
         try:
-            videos = retry.call(lambda: backend.list_videos(entry.url), f"list {entry.url}")
+            # the backend (yt-dlp) gets a URL rebuilt from the checked id, nothing else of the input
+            url = canonical_url(parse_youtube_url(entry.url))
+        except ValueError as e:
+            log.warning("cannot list %s: %s", entry.url, e)
+            failures[entry.url] = "invalid_url"
+            continue
+        try:
+            videos = retry.call(lambda: backend.list_videos(url), f"list {entry.url}")
         except ScrapeError as e:
             log.warning("cannot list %s: %s (%s)", entry.url, e.reason, short_text(e, 200))
             failures[entry.url] = e.reason if isinstance(e, PermanentError) else f"{e.reason}, transient"
@@ -113,6 +124,13 @@ def plan(entries: list[PlaylistEntry], backend: Backend, config: ScrapeConfig, r
         for v in videos:
             if entry.max_tracks is not None and taken >= entry.max_tracks:
                 break
+            try:
+                check_video_id(v.id)
+            except ValueError as e:
+                log.warning("%s listed an unusable video: %s; skipped", entry.url, e)
+                invalid.append((entry.url, repr(v.id)))
+                continue
+            v = dataclasses.replace(v, url=None)  # its watch URL is rebuilt from the checked id
             verdict = _duration_verdict(v.duration, lo, hi)
             old = by_id.get(v.id)
             if old is not None:
@@ -136,7 +154,7 @@ def plan(entries: list[PlaylistEntry], backend: Backend, config: ScrapeConfig, r
                 kept += 1
                 if kept > max_tracks:
                     c.skip_reason = "max_tracks"
-    return Plan(candidates, failures, listed)
+    return Plan(candidates, failures, listed, invalid)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -304,6 +322,10 @@ def scrape(entries: list[PlaylistEntry], out: str | Path, backend: Backend, conf
     mine = [c for c in p.candidates if shard.owns(c.video.id)]
     s = Summary(listed=p.listed, unique=len(p.candidates), in_shard=len(mine), listing_failures=dict(p.listing_failures),
                 retryable=sum(1 for r in p.listing_failures.values() if r.endswith("transient")), dry_run=dry_run)
+    for playlist, bad in p.invalid_ids:
+        if shard.owns(bad):  # every shard plans the same: count each once over the shards
+            s.failed["invalid_id"] += 1
+            s.failed_ids[bad] = f"invalid_id: listed by {playlist}, not a YouTube video id (refused)"
     state = read_manifest(out)
     audio_dir = out / AUDIO_SUBDIR
 

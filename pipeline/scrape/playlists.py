@@ -39,27 +39,48 @@ class ParsedUrl:
     id: str
 
 
+def check_video_id(vid: object) -> str:
+    """``vid`` if it is a YouTube video id (11 of ``A-Za-z0-9_-``), else ValueError.
+
+    Ids become file names (``audio/<id>.<ext>``) and glob patterns, so one that a
+    listing (or a hostile stub) returns is checked before it touches the file system."""
+    if not isinstance(vid, str) or not _VIDEO_ID.match(vid):
+        raise ValueError(f"not a YouTube video id (11 of A-Za-z0-9_-): {vid!r}")
+    return vid
+
+
+def canonical_url(parsed: ParsedUrl) -> str:
+    """The URL a backend is given: rebuilt from the checked id, nothing else of the input."""
+    if parsed.kind == "playlist":
+        return f"https://www.youtube.com/playlist?list={parsed.id}"
+    return f"https://www.youtube.com/watch?v={parsed.id}"
+
+
 def parse_youtube_url(url: str) -> ParsedUrl:
-    """Classify a YouTube URL as a playlist or a single video; ValueError when malformed."""
+    """Classify a YouTube URL as a playlist or a single video; ValueError when malformed
+    (including any ``list=`` id, on any URL, that is not a playlist id)."""
     u = urlparse(url.strip())
     if u.scheme not in ("http", "https") or not u.netloc:
         raise ValueError(f"not an http(s) URL: {url!r}")
     host = (u.hostname or "").lower()
-    query = parse_qs(u.query)
+    query = parse_qs(u.query, keep_blank_values=True)
     if host not in YOUTUBE_HOSTS:
         raise ValueError(f"not a YouTube URL (host {host!r}): {url!r}")
+    for lid in query.get("list", []):
+        if not _PLAYLIST_ID.match(lid):
+            raise ValueError(f"malformed list= id {lid!r} (10-64 of A-Za-z0-9_-) in {url!r}")
     if host == "youtu.be":
         vid = u.path.strip("/")
         if not _VIDEO_ID.match(vid):
             raise ValueError(f"malformed video id {vid!r} in {url!r}")
         return ParsedUrl("video", vid)
     if u.path.rstrip("/") == "/playlist":
-        lid = query.get("list", [""])[0]
+        lid = (query.get("list") or [""])[0]
         if not _PLAYLIST_ID.match(lid):
             raise ValueError(f"playlist URL without a valid list= id: {url!r}")
         return ParsedUrl("playlist", lid)
     if u.path.rstrip("/") == "/watch" or u.path.startswith("/shorts/"):
-        vid = query.get("v", [""])[0] if u.path.startswith("/watch") else u.path.split("/")[2]
+        vid = (query.get("v") or [""])[0] if u.path.startswith("/watch") else u.path.split("/")[2]
         if not _VIDEO_ID.match(vid):
             raise ValueError(f"watch URL without a valid 11-character v= id: {url!r}")
         return ParsedUrl("video", vid)

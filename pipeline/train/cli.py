@@ -1,11 +1,15 @@
 """`technogan train`: train one GAN of the study on a mel dataset, tracked in MLflow.
 
-    technogan train --config configs/quickstart.yaml --model wgan-gp [--dataset DIR] [--epochs E]
-                    [--max-samples N] [--max-steps S] [--resume]
+    technogan train [--config FILE] --model wgan-gp [--dataset DIR] [--epochs E]
+                    [--max-samples N] [--max-steps S] [--resume [--allow-changed-config]]
     technogan train --config configs/study.yaml --run dcgan2-60k-6ep     # one of the study's six runs
     torchrun --nproc-per-node 4 -m pipeline.cli train ...                # DistributedDataParallel
 
-Flags override the config. Exit status: 0 finished, 3 diverged (NaN or exploding losses),
+Flags override the config; without --config the embedded defaults (configs/quickstart.yaml)
+apply, as for every other command. ``--resume`` continues only with the settings the run
+started with: other settings are refused (exit 2, naming the keys) unless
+``--allow-changed-config``, which continues from the checkpoint as a new MLflow run.
+Exit status: 0 finished, 2 usage/config error, 3 diverged (NaN or exploding losses),
 143 stopped by SIGTERM after saving a checkpoint (resume with --resume).
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.config import load_config
+from pipeline.config import add_config_argument, load_config
 from pipeline.errors import UserError
 from pipeline.models.registry import MODELS
 
@@ -24,7 +28,7 @@ EXIT_CODES = {"finished": 0, "diverged": 3, "preempted": 143, "failed": 1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/quickstart.yaml", help="YAML preset (default: %(default)s)")
+    add_config_argument(p)
     p.add_argument("--model", help=f"one of: {', '.join(MODELS)} (default: the config's model.name)")
     p.add_argument("--run", dest="study_run", metavar="NAME",
                    help="a named run of the config's train.runs (configs/study.yaml: the study's six)")
@@ -36,7 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="local checkpoint folder (default: train.out_dir, else <out_dir>/train)")
-    p.add_argument("--resume", action="store_true", help="continue the latest run of this model/run name")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this model/run name "
+                   "(with the settings it started with)")
+    p.add_argument("--allow-changed-config", action="store_true",
+                   help="with --resume: accept settings that differ from the checkpoint's; training continues "
+                        "from its weights as a new MLflow run (tag technogan.resumed_from)")
 
 
 def resolve(args: argparse.Namespace):
@@ -48,7 +56,8 @@ def resolve(args: argparse.Namespace):
         runs = base.train.runs
         if args.study_run not in runs:
             known = ", ".join(runs) or "none in this config"
-            raise UserError(f"{args.config}: no run {args.study_run!r} under train.runs (known: {known})")
+            raise UserError(f"{args.config or 'the embedded defaults'}: no run {args.study_run!r} under train.runs "
+                            f"(known: {known})")
         r = runs[args.study_run]
         overrides.update({"model.name": r.model, "train.epochs": r.epochs, "data.max_samples": r.max_samples})
         label = args.study_run
@@ -64,11 +73,14 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.train.loop import train
 
     config, label = resolve(args)
-    result = train(config, resume=args.resume, label=label)
-    if result.run_id:
-        print(f"{result.label}: {result.status} at step {result.step}; MLflow run {result.run_id}")
-        if result.generator_path:
-            print(f"generator checkpoint: {result.generator_path}")
+    if args.allow_changed_config and not args.resume:
+        raise UserError("--allow-changed-config only makes sense with --resume")
+    result = train(config, resume=args.resume, label=label, allow_changed_config=args.allow_changed_config)
+    where = f"MLflow run {result.run_id}" if result.run_id else \
+        "the tracking server never answered: its records are spooled (sent by the next run or flush_spool)"
+    print(f"{result.label}: {result.status} at step {result.step}; {where}")
+    if result.generator_path:
+        print(f"generator checkpoint: {result.generator_path}")
     if result.status == "diverged":
         print(f"{result.label}: stopped, {result.reason}")
     return EXIT_CODES[result.status]

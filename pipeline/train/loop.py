@@ -100,10 +100,37 @@ def previous_result(config: RunConfig, label: str, dataset: str | Path | None = 
     if path is None or not path.is_file():
         return None
     result = json.loads(path.read_text())
-    if result.get("status") != "finished" or result.get("config_hash") != config_hash(
+    if result.get("status") != "finished" or not result.get("run_id") or result.get("config_hash") != config_hash(
             config, resolve_dataset(config, dataset)):
         return None
     return result
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d:
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def resume_differences(saved_meta: dict[str, Any], config: RunConfig, data_dir: Path,
+                       fingerprint: str) -> list[str]:
+    """What differs between the settings a checkpoint was trained with and ``config``
+    (``"train.batch_size: 4 -> 8"``), over everything the run logged as params; the
+    named runs (train.runs) are a menu, not a setting, and are left out."""
+    saved = saved_meta.get("config")
+    if not isinstance(saved, dict):
+        return ["<settings>: the checkpoint does not record them"]
+    now = config.model_dump(mode="json")
+    saved, now = dict(saved), dict(now)
+    for d in (saved, now):
+        d["train"] = {k: v for k, v in (d.get("train") or {}).items() if k != "runs"}
+    a, b = _flat(saved), _flat(now)
+    a["dataset.path"], b["dataset.path"] = saved_meta.get("dataset"), str(data_dir)
+    a["dataset.fingerprint"], b["dataset.fingerprint"] = saved_meta.get("dataset_fingerprint"), fingerprint
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def latest_run_dir(out: Path, label: str) -> Path | None:
@@ -168,8 +195,14 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def train(config: RunConfig, *, dataset: str | Path | None = None, resume: bool = False, label: str | None = None,
-          out_dir: str | Path | None = None) -> TrainResult:
+          out_dir: str | Path | None = None, allow_changed_config: bool = False) -> TrainResult:
     """Train ``config.model.name`` as configured; see the module docstring for the files.
+
+    ``resume`` continues the latest run of ``label`` from its training state, in the same
+    MLflow run, and only with the settings that run started with (its params and
+    config.resolved.yaml must keep describing it): other settings raise a UserError naming
+    the keys, unless ``allow_changed_config``, which continues from the weights and
+    optimiser state as a new MLflow run tagged ``technogan.resumed_from``.
 
     Under torchrun every rank calls this; only rank 0 talks to MLflow and writes files.
     """
@@ -177,12 +210,13 @@ def train(config: RunConfig, *, dataset: str | Path | None = None, resume: bool 
 
     dist = distributed.setup(config.train.device)
     try:
-        return _train(config, dist, tracking, dataset, resume, label, out_dir)
+        return _train(config, dist, tracking, dataset, resume, label, out_dir, allow_changed_config)
     finally:
         distributed.teardown(dist)
 
 
-def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume, label, out_dir) -> TrainResult:
+def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume, label, out_dir,
+           allow_changed_config: bool = False) -> TrainResult:
     tc, mc = config.train, config.model
     spec = get_model(mc.name)
     label = label or spec.name
@@ -215,6 +249,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     step = epoch = batch = samples_seen = 0
     history: dict[str, list[float]] = {}
     run_id: str | None = None
+    resumed_from: str | None = None  # set when a resume with other settings starts a new MLflow run
 
     if resume:
         state_path = latest_state(out, label)
@@ -223,6 +258,12 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
         state = ckpt.load_training_state(state_path, map_location=device)
         if state["meta"].get("model") != spec.name:
             raise UserError(f"{state_path}: a {state['meta'].get('model')} checkpoint, not {spec.name}")
+        changed = resume_differences(state["meta"], config, data_dir, fingerprint)
+        if changed and not allow_changed_config:
+            raise UserError(
+                f"--resume: the checkpoint {state_path} was trained with other settings; they differ in:\n  "
+                + "\n  ".join(changed) + "\nresume with the settings the run started with, or pass "
+                "--allow-changed-config to continue from its weights as a new MLflow run")
         generator.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
         opt_g.load_state_dict(state["opt_g"])
@@ -236,6 +277,12 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
             torch.manual_seed(tc.seed + dist.rank + 7 * step)
             latent_rng.manual_seed(tc.seed * 1_000_003 + dist.rank + 1 + 7 * step)
         run_id = state["meta"].get("run_id")
+        if changed:
+            log.warning("resuming %s with other settings (%s): continuing as a new MLflow run",
+                        label, "; ".join(changed))
+            resumed_from, run_id = run_id or str(state_path.parent.parent.name), None
+        elif run_id is None:  # the run it continues never reached the tracking server
+            resumed_from = state_path.parent.parent.name
         log.info("resuming %s from %s: step %d, epoch %d, batch %d", label, state_path, step, epoch + 1, batch)
 
     g_model = distributed.wrap(generator, dist)
@@ -256,14 +303,14 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
             start_timeout_s=tr.start_timeout_s, flush_timeout_s=tr.flush_timeout_s,
             tags={tracking.MODEL_TAG: spec.name, tracking.STATUS_TAG: "running",
                   **({tracking.GIT_TAG: c} if (c := tracking.git_commit(Path(__file__).parent)) else {})})
-        run_id = run.run_id
-        run_dir = out / label / run_id
+        run_id = run.run_id  # None while the tracking server has not answered yet (created later)
+        run_dir = out / label / run.key
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         remove_stale_temps(run_dir)
-        atomic_write_text(out / label / LATEST_POINTER, run_id + "\n")
+        atomic_write_text(out / label / LATEST_POINTER, run.key + "\n")
         run.set_tags({tracking.LOCAL_DIR_TAG: str(run_dir / "checkpoints"), "technogan.label": label})
         config.save(run_dir / "config.resolved.yaml")
-        if not resume:
+        if not resume or resumed_from:
             params = config.model_dump(mode="json")
             params["train"].pop("runs", None)
             params["mel"] = mel_config.to_dict()  # the dataset's: what the model really saw
@@ -277,7 +324,9 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                         "steps_per_epoch": nb // settings.n_critic, "total_steps": total_steps},
             })
             run.log_artifact(run_dir / "config.resolved.yaml", "config")
-        else:
+        if resumed_from:
+            run.set_tags({"technogan.resumed_from": resumed_from, "technogan.resumed_at_step": step})
+        elif resume:
             run.set_tags({"technogan.resumed_at_step": step})
 
     meta = {"model": spec.name, "model_config": mc.model_dump(mode="json"), "resolution": resolution,
@@ -291,7 +340,8 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
 
     def save_checkpoint(epoch_done: int | None = None) -> Path:
         ck = run_dir / "checkpoints"
-        gmeta = {**meta, "step": step, "epoch": epoch if epoch_done is None else epoch_done}  # epochs done
+        gmeta = {**meta, "run_id": run.run_id, "step": step,
+                 "epoch": epoch if epoch_done is None else epoch_done}  # epochs done
         gpath = ckpt.save_generator(ck / GENERATOR_FILE, generator, gmeta)
         ckpt.save_training_state(
             ck / STATE_FILE, generator=generator, critic=critic, opt_g=opt_g, opt_d=opt_d,
@@ -332,7 +382,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     if dist.is_main:
         log.info("training %s: %d clips, %d batches of %d per epoch, %d critic step(s) per generator step, "
                  "%d steps, device %s, world %d; MLflow run %s at %s", label, len(ds), nb, tc.batch_size,
-                 settings.n_critic, total_steps, device, dist.world, run_id, run.uri)
+                 settings.n_critic, total_steps, device, dist.world, run_id or f"{run.key} (not created yet)", run.uri)
 
     stream_it = stream.iterate(epoch, batch, tc.epochs)
     try:
@@ -424,6 +474,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                 tags[tracking.REASON_TAG] = reason[:5000]
             run.set_tags(tags)
             run.finish(MLFLOW_STATUS[status])
+            run_id = run.run_id  # a run created late, once the server answered
 
     steady = rates[1:] or rates
     mean_rate = len(steady) / sum(1.0 / r for r in steady) if steady else 0.0  # samples / total time

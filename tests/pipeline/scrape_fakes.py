@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +33,9 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 #   corrupt   send random bytes of the right length
 #   short     serve only the first half of the file as if it were all of it
 #   norange   ignore the Range header and send the whole file with 200
-FAULTS = {"drop", "drop_mid", "stall", "429", "503", "corrupt", "short", "norange"}
+#   trickle   send the body 16 bytes at a time, 20 ms apart: never silent long enough
+#             for a read timeout, yet hours for a whole file
+FAULTS = {"drop", "drop_mid", "stall", "429", "503", "corrupt", "short", "norange", "trickle"}
 
 
 @dataclass
@@ -156,6 +159,19 @@ class AudioServer:
             if fault == "stall":
                 self.stalled.set()
                 self.release.wait(60)
+            h.close_connection = True
+            return
+        if fault == "trickle":
+            self.stalled.set()
+            try:
+                for i in range(0, len(body), 16):
+                    if self.release.is_set():
+                        break
+                    h.wfile.write(body[i: i + 16])
+                    h.wfile.flush()
+                    time.sleep(0.02)
+            except OSError:  # the client gave up: what the test wants
+                pass
             h.close_connection = True
             return
         h.wfile.write(body)

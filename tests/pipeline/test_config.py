@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 
 from pipeline.config import ConfigError, MelConfig, RunConfig, load_config
 
@@ -70,3 +71,130 @@ def test_missing_and_malformed_files(tmp_path):
     p.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(p)
+
+
+# ----------------------------------------------------------------------------- strict values (issue 12, item 9)
+
+def _sections():
+    """(section name, Section class) of every section of the run config."""
+    from pipeline.config import Section
+
+    for name, field in RunConfig.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            yield name, field.annotation
+
+
+def _fields_of(kind):
+    from pipeline.config import _scalar_kinds
+
+    for section, cls in _sections():
+        for name, field in cls.model_fields.items():
+            if kind in _scalar_kinds(field.annotation):
+                yield section, name, field
+
+
+def _rejects(tmp_path, section: str, key: str, value) -> str:
+    p = tmp_path / "bad.yaml"
+    import yaml
+
+    p.write_text(yaml.safe_dump({section: {key: value}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}: {section}.{key}:" in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def test_every_integer_setting_refuses_booleans_fractions_and_strings(tmp_path):
+    fields = [(s, n) for s, n, f in _fields_of(int) if float not in _kinds(f) and bool not in _kinds(f)]
+    assert ("train", "epochs") in fields and ("serve", "port") in fields and len(fields) > 30
+    for section, name in fields:
+        for bad in (True, False, 2.5, "5"):
+            _rejects(tmp_path, section, name, bad)
+
+
+def test_every_number_setting_refuses_infinity_nan_and_booleans(tmp_path):
+    fields = [(s, n) for s, n, _ in _fields_of(float)]
+    assert ("train", "lr") in fields and ("mel", "top_db") in fields and len(fields) > 20
+    for section, name in fields:
+        for bad in (float("inf"), float("-inf"), float("nan"), True):
+            _rejects(tmp_path, section, name, bad)
+    # inside tuples too (the key names the element)
+    for section, key, value in [("train", "betas", [0.5, float("inf")]), ("evaluate", "beat_bpm", [float("nan"), 150])]:
+        p = tmp_path / "tuple.yaml"
+        p.write_text(yaml.safe_dump({section: {key: value}}))
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}\.[01]: .*finite"):
+            load_config(p)
+
+
+def test_every_switch_refuses_anything_but_true_or_false(tmp_path):
+    fields = [(s, n) for s, n, _ in _fields_of(bool)]
+    assert ("train", "amp") in fields
+    for section, name in fields:
+        for bad in (1, 0, "yes", "no", "true"):
+            _rejects(tmp_path, section, name, bad)
+
+
+def test_names_must_not_be_empty(tmp_path):
+    fields = [(s, n) for s, n, f in _fields_of(str) if f.default != ""]
+    assert ("tracking", "experiment") in fields and ("evaluate", "registry_model") in fields
+    for section, name in fields:
+        for bad in ("", "   "):
+            _rejects(tmp_path, section, name, bad)
+    p = tmp_path / "top.yaml"
+    p.write_text('name: ""\n')
+    with pytest.raises(ConfigError, match=r"top.yaml: name:"):
+        load_config(p)
+
+
+def test_the_reported_examples_name_their_key(tmp_path):
+    for text, key in [("train:\n  epochs: true\n", "train.epochs"), ("train:\n  lr: .inf\n", "train.lr"),
+                      ('tracking:\n  experiment: ""\n', "tracking.experiment")]:
+        p = tmp_path / "bad.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=rf"{p}: {key}:"):
+            load_config(p)
+
+
+def test_ordinary_values_still_load(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text("train: {lr: 1.0e-4, betas: [0.5, 0.9], epochs: 3, amp: false}\nmel: {top_db: 80}\n"
+                 "synth: {channels: 1}\nevaluate: {beat_bpm: [120, 150]}\n")
+    c = load_config(p)
+    assert c.train.lr == 1e-4 and c.train.epochs == 3 and c.train.amp is False and c.mel.top_db == 80.0
+    assert c.synth.channels == 1 and c.train.betas == (0.5, 0.9)
+
+
+def _kinds(field):
+    from pipeline.config import _scalar_kinds
+
+    return _scalar_kinds(field.annotation)
+
+
+def test_config_resolutions_are_exactly_the_ones_the_networks_build():
+    from pipeline.config import DataConfig
+    from pipeline.errors import UserError
+    from pipeline.models.networks import check_resolution
+
+    for r in [0, 1, 8, 16, 24, 32, 48, 64, 128, 256, 384, 512, 1024, 2048]:
+        try:
+            DataConfig(resolution=r)
+            config_ok = True
+        except Exception:
+            config_ok = False
+        try:
+            check_resolution(r)
+            net_ok = True
+        except UserError:
+            net_ok = False
+        assert config_ok == net_ok, r
+
+
+# ----------------------------------------------------------------------------- one default (issue 12, item 13)
+
+def test_embedded_defaults_are_the_quickstart_preset_from_any_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    preset = load_config(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+    monkeypatch.chdir(tmp_path)  # no configs/ here, as in a container with only the package installed
+    assert load_config(None) == preset
+    assert load_config(None).tracking.experiment == "technogan-quickstart"

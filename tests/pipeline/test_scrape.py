@@ -460,3 +460,150 @@ def test_output_feeds_segment_unchanged(tmp_path, server):
     summary = segment(out, tmp_path / "dataset", MelConfig(), SegmentConfig(workers=1), progress=False)
     assert summary.total_tracks == 3
     assert summary.total_clips == 3 * int(SECONDS // MelConfig().clip_seconds)
+
+
+# ----------------------------------------------------------------------------- hostile listings and URLs (issue 12, item 12)
+
+# ids a listing (or a stub standing in for YouTube) might return that are not video ids
+BAD_IDS = ["../../escaped-by-id", "../escaped1", "/etc/passwd", "..", ".", "", "a/b/c/d/e/f", "abc\\def\\ghi",
+           "vid0000000*", "vid0000000?", ".tmp-000000", "vid00000001x", "vid000000", "vid\x00000000",
+           "víd00000001", "vid0000 001", 12345678901, None]
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # the loopback audio server
+@pytest.mark.parametrize("bad", BAD_IDS, ids=[repr(b) for b in BAD_IDS])
+def test_listed_ids_that_are_not_video_ids_are_refused_per_entry(tmp_path, server, bad):
+    work = tmp_path / "deep" / "er"
+    out = work / "out"
+    backend = FakeBackend(server.base_url, {playlist_url(0): [
+        FakeVideo(video_id(0), file="t0.mp3", duration=SECONDS),
+        FakeVideo(bad, file="t1.mp3", duration=SECONDS),
+        FakeVideo(video_id(2), file="t2.mp3", duration=SECONDS)]})
+    s = run([PlaylistEntry(url=playlist_url(0))], out, backend)
+    assert s.downloaded == 2  # the good ones around it are fetched
+    assert s.failed == {"invalid_id": 1} and "invalid_id" in s.failed_ids[repr(bad)]
+    assert "not a YouTube video id" in s.format(0.1)
+    assert backend.resolves[bad] == 0 and "t1.mp3" not in server.hits()  # never resolved or fetched
+    files = _files_under(tmp_path)
+    assert files == {out / "audio" / f"{video_id(0)}.mp3", out / "audio" / f"{video_id(2)}.mp3",
+                     out / "manifest.jsonl"}, files
+    assert [r["id"] for r in iter_records(out)] == [video_id(0), video_id(2)]
+
+
+@pytest.mark.slow  # the loopback audio server
+def test_refused_ids_count_as_failures_in_the_exit_status(tmp_path, server):
+    backend = FakeBackend(server.base_url, {playlist_url(0): [
+        FakeVideo("../../escaped-by-id", file="t1.mp3", duration=SECONDS),
+        FakeVideo(video_id(2), file="t2.mp3", duration=SECONDS)]})
+    s = run([PlaylistEntry(url=playlist_url(0))], tmp_path / "out", backend)
+    assert s.failure_share == 0.5 and s.exit_status(0.1) == 3  # permanent: a retry cannot help
+
+
+BAD_LIST_URLS = [
+    "https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=../../escaped",
+    "https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=PL%2F..%2F..%2Fescaped",
+    "https://www.youtube.com/playlist?list=PLgoodgoodgood&list=../../x",
+    "https://www.youtube.com/playlist?list=PL../../../../etc",
+    "https://youtu.be/dQw4w9WgXcQ?list=PLabc/defghij",
+    "https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=",
+    "https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=PLabc%00defghij",
+]
+
+
+@pytest.mark.parametrize("url", BAD_LIST_URLS)
+def test_a_list_id_with_path_characters_is_refused_at_load(tmp_path, url):
+    from pipeline.config import ConfigError
+    from pipeline.scrape.playlists import load_playlists
+
+    p = tmp_path / "playlists.yaml"
+    p.write_text(yaml.safe_dump({"playlists": [{"url": url}]}))
+    with pytest.raises(ConfigError, match=r"entry 1 .*url: .*list= id"):
+        load_playlists(p)
+
+
+@pytest.mark.parametrize("url", BAD_LIST_URLS)
+def test_a_list_id_with_path_characters_never_reaches_the_backend(tmp_path, url):
+    seen: list[str] = []
+
+    class Recording(FakeBackend):
+        def list_videos(self, u: str):
+            seen.append(u)
+            return super().list_videos(u)
+
+    backend = Recording("http://127.0.0.1:9", {})
+    s = run([PlaylistEntry(url=url), PlaylistEntry(url=playlist_url(3))], tmp_path / "out", backend)
+    assert s.listing_failures[url] == "invalid_url"
+    assert seen == [playlist_url(3)]  # only the good entry, as a URL rebuilt from its checked id
+
+
+@pytest.mark.slow  # the loopback audio server
+def test_the_backend_gets_urls_rebuilt_from_checked_ids(tmp_path, server):
+    seen: list[str] = []
+
+    class Recording(FakeBackend):
+        def list_videos(self, u: str):
+            seen.append(u)
+            return super().list_videos(u)
+
+    backend = Recording(server.base_url, {"https://www.youtube.com/watch?v=vid00000000": [
+        FakeVideo(video_id(0), file="t0.mp3", duration=SECONDS)]})
+    s = run([PlaylistEntry(url="https://m.youtube.com/watch?v=vid00000000&list=PLgoodgoodgood&t=30")],
+            tmp_path / "out", backend)
+    assert seen == ["https://www.youtube.com/watch?v=vid00000000"] and s.downloaded == 1
+
+
+def _cli_args(tmp_path: Path, *extra: str):
+    import argparse
+
+    from pipeline.scrape import cli
+
+    (tmp_path / "playlists.yaml").write_text(yaml.safe_dump({"playlists": [playlist_url(0), playlist_url(1)]}))
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump({"scrape": cfg(retries=0).model_dump()}))
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(["--playlists", str(tmp_path / "playlists.yaml"), "--out", str(tmp_path / "out"),
+                              "--config", str(tmp_path / "preset.yaml"), "--no-progress", *extra])
+
+
+@pytest.mark.slow  # the loopback audio server
+@pytest.mark.parametrize("errors, expected", [
+    ({playlist_url(0): ["permanent"], playlist_url(1): ["permanent"]}, 3),  # nothing a retry can fix
+    ({playlist_url(0): ["permanent"], playlist_url(1): ["transient"]}, 1),  # a retry may list it
+    ({playlist_url(0): ["transient"], playlist_url(1): ["transient"]}, 1),
+    ({playlist_url(0): ["permanent"]}, 0),  # one playlist listed: the plan is real
+])
+def test_dry_run_fails_when_no_playlist_could_be_listed(tmp_path, server, capsys, errors, expected):
+    from pipeline.scrape import cli
+
+    backend, _ = catalog(server, n_playlists=2, per=2, dup=False)
+    backend.list_errors = errors
+    assert cli.main(_cli_args(tmp_path, "--dry-run"), backend=backend) == expected
+    assert "playlists not listed" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists() and server.requests == []
+
+
+@pytest.mark.slow  # the loopback audio server
+def test_a_server_that_trickles_bytes_is_given_up_on(tmp_path, server):
+    backend, entries = catalog(server, n_playlists=1, per=2, dup=False)
+    server.add_faults("t0.mp3", "trickle")  # never silent for read_timeout, yet minutes for the file
+    s = run(entries, tmp_path / "out", backend, cfg(retries=0, read_timeout=5.0, download_timeout=0.5))
+    assert s.failed == {"too_slow": 1} and "download_timeout" in s.failed_ids[video_id(0)]
+    assert s.downloaded == 1  # the other video is not held up
+    assert no_temps(tmp_path / "out")
+    rec = read_manifest(tmp_path / "out")[video_id(0)]
+    assert rec["status"] == "failed" and rec["reason"] == "too_slow" and not rec["permanent"]
+
+
+@pytest.mark.slow  # the loopback audio server
+def test_a_trickled_download_continues_on_the_next_attempt(tmp_path, server, audio_files):
+    backend, entries = catalog(server, n_playlists=1, per=1, dup=False)
+    server.add_faults("t0.mp3", "trickle")
+    s = run(entries, tmp_path / "out", backend, cfg(retries=1, read_timeout=5.0, download_timeout=0.5))
+    assert s.downloaded == 1 and not s.failed
+    assert (tmp_path / "out" / "audio" / f"{video_id(0)}.mp3").read_bytes() == audio_files["t0.mp3"]
+    ranges = [r.range for r in server.requests if r.name == "t0.mp3"]
+    assert len(ranges) == 2 and ranges[1] is not None and not ranges[1].startswith("bytes=0-")  # resumed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -84,27 +85,47 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def preempt_after(monkeypatch, steps: int) -> None:
+    """SIGTERM this process right after generator step ``steps``, as a preempted pod gets it."""
+    from pipeline.train import loop
+
+    real, calls = loop.gan_step, []
+
+    def step(*args, **kw):
+        out = real(*args, **kw)
+        calls.append(1)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop, "gan_step", step)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model,steps", [("dcgan2", 10), ("wgan-gp", 2)])
-def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, steps):
+def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, steps, monkeypatch):
     # dcgan2: dropout in both networks (global RNG), 20 steps cross two epoch ends;
     # wgan-gp: 5 critic steps each, interpolation noise from the latent RNG
-    def cfg(sub, max_steps):
-        c = make_config(tmp_path / sub, small_dataset, max_steps=max_steps, epochs=10)
+    def cfg(sub):
+        c = make_config(tmp_path / sub, small_dataset, max_steps=2 * steps, epochs=10)
         return c.model_copy(update={"model": c.model.model_copy(update={"name": model})})
 
-    full = train(cfg("full", 2 * steps))
-    first = train(cfg("split", steps))
-    assert first.step == steps
-    second = train(cfg("split", 2 * steps), resume=True)
+    full = train(cfg("full"))
+    with monkeypatch.context() as m:
+        preempt_after(m, steps)
+        first = train(cfg("split"))
+    assert first.status == "preempted" and first.step == steps
+    mid = _weights(first.run_dir)  # the state the resume starts from
+    second = train(cfg("split"), resume=True)  # the same settings: resumed in place
     assert second.step == 2 * steps and second.run_id == first.run_id  # the same MLflow run goes on
     a, b = _weights(full.run_dir), _weights(second.run_dir)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different[:5]
-    # ...and the weights did move between the checkpoint and the end
-    mid = torch.load(tmp_path / "full" / "train" / model / full.run_id / "checkpoints" / "generator-latest.pt",
-                     weights_only=True)
-    assert mid is not None
+    # ...and the weights did move between the checkpoint and the end: the resume trained
+    moved = [k for k in mid if k.startswith("g.") and mid[k].is_floating_point() and not torch.equal(mid[k], b[k])]
+    assert moved and any(float((mid[k] - b[k]).abs().max()) > 0 for k in moved)
+    assert {k for k in mid if k.startswith("g.") and k.endswith(".weight")} <= set(moved)
     client = tracking.get_client(f"sqlite:///{tmp_path / 'split' / 'mlflow.db'}")
     steps_logged = sorted(m.step for m in client.get_metric_history(first.run_id, "g_loss"))
     assert steps_logged == list(range(1, 2 * steps + 1))
@@ -229,3 +250,132 @@ def test_prometheus_serves_and_pushes():
         gw.shutdown()
     assert pushed and "/job/technogan-train/model/dcgan1" in pushed[0][0]
     assert b"technogan_train_epoch" in pushed[0][1]
+
+
+# ----------------------------------------------------------------------------- resume with other settings (issue 12, item 7)
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_is_refused_naming_the_keys(tmp_path, small_dataset, monkeypatch):
+    import shutil
+    import yaml
+
+    base = make_config(tmp_path, small_dataset, max_steps=6, epochs=10)
+    with monkeypatch.context() as m:
+        preempt_after(m, 2)
+        first = train(base)
+    assert first.status == "preempted"
+    other_data = tmp_path / "copy_of_dataset"
+    shutil.copytree(small_dataset, other_data)
+    changes = {  # one of each kind of setting a resume might be given by mistake
+        "train.batch_size": 8, "train.lr": 1e-3, "train.seed": 1, "train.max_steps": 12, "train.epochs": 11,
+        "model.g_width": 8, "model.latent_dim": 8, "model.g_dropout": 0.1, "data.max_samples": 20,
+        "data.seed": 3, "train.n_critic": 2, "train.device": "cpu", "mel.top_db": 70.0,
+        "tracking.experiment": "another", "train.dataset": str(other_data),
+    }
+    for key, value in changes.items():
+        changed = load_config(None, {**_overrides(base), key: value})
+        with pytest.raises(UserError) as e:
+            train(changed, resume=True)
+        shown = "dataset.path" if key == "train.dataset" else key
+        assert shown in str(e.value) and "--allow-changed-config" in str(e.value), (key, str(e.value))
+    # nothing was started or changed by the refusals
+    client = tracking.get_client(base.tracking.uri)
+    assert len(client.search_runs([client.get_experiment_by_name("test").experiment_id])) == 1
+    # explicitly allowed: the weights go on, as a new run whose params are its config
+    changed = load_config(None, {**_overrides(base), "train.batch_size": 8, "train.max_steps": 4})
+    forked = train(changed, resume=True, allow_changed_config=True)
+    assert forked.status == "finished" and forked.step == 4 and forked.run_id != first.run_id
+    run = client.get_run(forked.run_id)
+    assert run.data.tags["technogan.resumed_from"] == first.run_id
+    assert run.data.tags["technogan.resumed_at_step"] == "2"
+    assert client.get_run(first.run_id).data.params["train.batch_size"] == "4"
+    # MLflow params and config.resolved.yaml agree, for both runs
+    for r in (first, forked):
+        resolved = yaml.safe_load((r.run_dir / "config.resolved.yaml").read_text())
+        resolved["train"].pop("runs", None)
+        resolved.pop("mel")  # params carry the dataset's mel config (the same here)
+        params = client.get_run(r.run_id).data.params
+        for key, value in _flat(resolved).items():
+            assert params[key] == (value if isinstance(value, str) else json.dumps(value)), key
+
+
+def _overrides(config):
+    """Dotted overrides that rebuild ``config`` from the embedded defaults."""
+    d = config.model_dump(mode="json")
+    d["train"].pop("runs", None)
+    return {k: v for k, v in _flat(d).items() if v is not None}
+
+
+@pytest.mark.slow
+def test_cli_resume_with_another_batch_size_exits_2(tmp_path, small_dataset, capsys, monkeypatch):
+    from pipeline.cli import main as cli_main
+
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
+                      "train: {progress: false, n_samples: 4, sample_every: 100000, max_steps: 2}\n"
+                      f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: cli}}\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--config", str(preset), "--model", "dcgan1", "--dataset", str(small_dataset),
+            "--out", str(tmp_path / "train"), "--batch-size", "4"]
+    assert cli_main(argv) == 0
+    assert cli_main([*argv[:-1], "8", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size: 4 -> 8" in err and "Traceback" not in err
+    assert cli_main([*argv, "--resume", "--allow-changed-config"]) == 0  # nothing differs: same run goes on
+
+
+# ----------------------------------------------------------------------------- divergence (issue 12, item 8)
+
+@pytest.mark.slow
+def test_a_run_whose_losses_become_nan_or_inf_exits_3(tmp_path, small_dataset, capsys, monkeypatch):
+    from pipeline.cli import main as cli_main
+
+    preset = tmp_path / "tiny.yaml"
+    # an absurd but finite learning rate: the WGAN-GP scores overflow within a few steps
+    preset.write_text("data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
+                      "train: {progress: false, n_samples: 4, sample_every: 100000, lr: 1.0e+30, max_steps: 50,\n"
+                      "        divergence_patience: 1000}\n"
+                      f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: nan}}\n")
+    monkeypatch.chdir(tmp_path)
+    code = cli_main(["train", "--config", str(preset), "--model", "wgan-gp", "--dataset", str(small_dataset),
+                     "--out", str(tmp_path / "train"), "--batch-size", "4"])
+    out = capsys.readouterr().out
+    assert code == 3 and "diverged" in out and ("nan" in out or "inf" in out), out
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "true"])
+def test_a_non_finite_learning_rate_is_refused_before_training(tmp_path, capsys, value):
+    from pipeline.cli import main as cli_main
+
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(f"train: {{lr: {value}}}\n")
+    code = cli_main(["train", "--config", str(preset), "--dataset", str(tmp_path / "dataset"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{preset}: train.lr:" in err and "Traceback" not in err
+    assert not (tmp_path / "dcgan1").exists()
+
+
+def test_resume_differences_name_every_changed_setting_and_nothing_else():
+    from pipeline.train.loop import resume_differences
+
+    base = load_config(None)
+    meta = {"config": base.model_dump(mode="json"), "dataset": "/data/a", "dataset_fingerprint": "f1"}
+    assert resume_differences(meta, base, Path("/data/a"), "f1") == []
+    changed = load_config(None, {"train.batch_size": 8, "model.g_width": 8, "train.lr": 1e-3})
+    assert resume_differences(meta, changed, Path("/data/a"), "f1") == [
+        "model.g_width: 16 -> 8", "train.batch_size: 32 -> 8", "train.lr: None -> 0.001"]
+    assert resume_differences(meta, base, Path("/data/b"), "f2") == [
+        "dataset.fingerprint: 'f1' -> 'f2'", "dataset.path: '/data/a' -> '/data/b'"]
+    menu = load_config(None, {"train.runs": {"x": {"model": "dcgan1", "epochs": 1}}})
+    assert resume_differences(meta, menu, Path("/data/a"), "f1") == []  # named runs are a menu, not a setting
+    assert resume_differences({"dataset": "/data/a"}, base, Path("/data/a"), "f1")  # unknown settings: refused

@@ -108,7 +108,22 @@ def test_download_checkpoint_and_errors(tmp_path, uri):
         tracking.run_dataset(run.run_id, uri)
 
 
-def test_an_unusable_store_is_a_user_error_naming_it(tmp_path, monkeypatch):
+def test_an_unusable_local_store_is_a_user_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(UserError, match="127.0.0.1:9"):
-        tracking.TrackedRun.start("exp", uri="http://127.0.0.1:9", start_timeout_s=0.5, spool_dir=tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+    with pytest.raises(UserError, match="a-file"):
+        tracking.TrackedRun.start("exp", uri=uri, start_timeout_s=0.5, spool_dir=tmp_path)
+
+
+def test_a_server_that_does_not_answer_does_not_stop_the_caller(tmp_path, monkeypatch):
+    """Issue 12, item 14: the run waits for the server instead of the training waiting for it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tracking.TrackedRun.start("exp", uri="http://127.0.0.1:9", start_timeout_s=0.5, spool_dir=tmp_path,
+                                    request_timeout_s=1, max_backoff_s=0.2)
+    assert run.run_id is None and run.key.startswith("pending-")
+    run.log_metrics({"d_loss": 1.0}, 1)
+    assert run.finish(timeout_s=0.5) is False
+    lines = [json.loads(x) for x in (tmp_path / f"{run.key}.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines] == ["create", "metrics", "terminate"]
+    assert lines[0]["data"]["experiment"] == "exp" and lines[0]["uri"] == "http://127.0.0.1:9"

@@ -139,3 +139,76 @@ def test_records_spooled_while_the_server_is_down_are_sent_when_it_is_back(tmp_p
     assert sorted(m.step for m in client.get_metric_history(run.run_id, "d_loss")) == [1, 2, 3, 4, 5]
     assert [a.path for a in client.list_artifacts(run.run_id, "checkpoints")] == ["checkpoints/ck.pt"]
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+# ----------------------------------------------------------------------------- down at start (issue 12, item 14)
+
+@pytest.mark.slow
+def test_training_starts_while_the_server_is_down_and_its_run_appears_when_it_comes_up(tmp_path, small_dataset,
+                                                                                        server):
+    server.stop()  # down before training starts
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
+        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 3, checkpoint_every: 10}\n"
+        "tracking: {experiment: down-at-start, start_timeout_s: 1, max_backoff_s: 1.0, flush_timeout_s: 300,\n"
+        "           request_timeout_s: 3}\n")
+    out = tmp_path / "train"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(preset), "--model", "dcgan2",
+           "--dataset", str(small_dataset), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pointer = out / "dcgan2" / "LATEST"
+        deadline = time.monotonic() + 180
+        while not pointer.is_file():  # training has begun without the server
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        key = pointer.read_text().strip()
+        assert key.startswith("pending-")
+        server.start()
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "training goes on without it" in output and "created run" in output
+    client = tracking.get_client(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("down-at-start").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.STATUS_TAG] == "finished"
+    assert run.data.params["train.batch_size"] == "2" and run.data.params["model.name"] == "dcgan2"
+    assert run.data.tags[tracking.LOCAL_DIR_TAG] == str(out / "dcgan2" / key / "checkpoints")
+    total = 3 * 18
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "g_loss")) == list(range(1, total + 1))
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert {f"checkpoints/generator-epoch-{e}.pt" for e in range(1, 4)} <= names
+    assert f"MLflow run {run.info.run_id}" in output  # what the command reports is the run created late
+
+
+@pytest.mark.slow
+def test_a_run_the_server_never_saw_is_spooled_and_created_on_replay(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    server.stop()
+    run = tracking.TrackedRun.start("never-saw", run_name="offline", tags={"technogan.model": "dcgan1"},
+                                    spool_dir=tmp_path / "spool", max_backoff_s=0.5, request_timeout_s=2,
+                                    start_timeout_s=0.5)
+    assert run.run_id is None and run.key.startswith("pending-")
+    (tmp_path / "ck.pt").write_bytes(b"weights")
+    run.log_params({"train": {"batch_size": 4}})
+    for step in range(1, 6):
+        run.log_metrics({"d_loss": float(step)}, step)
+    run.log_artifact(tmp_path / "ck.pt", "checkpoints")
+    assert run.finish("FINISHED", timeout_s=1.0) is False
+    spooled = tmp_path / "spool" / f"{run.key}.jsonl"
+    assert spooled.is_file()
+    server.start()
+    assert tracking.flush_spool(tmp_path / "spool") >= 4
+    assert not spooled.exists()
+    client = tracking.get_client(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("never-saw").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_name == "offline" and runs[0].info.status == "FINISHED"
+    rid = runs[0].info.run_id
+    assert runs[0].data.params["train.batch_size"] == "4" and runs[0].data.tags["technogan.model"] == "dcgan1"
+    assert sorted(m.step for m in client.get_metric_history(rid, "d_loss")) == [1, 2, 3, 4, 5]
+    assert [a.path for a in client.list_artifacts(rid, "checkpoints")] == ["checkpoints/ck.pt"]
