@@ -146,3 +146,36 @@ def test_form_encoded_body_gets_a_400(handler, unpacked_archive):
     assert json.loads(out[0])["error"].startswith("body: ")
 
 
+
+
+def test_an_archive_with_an_unknown_serve_setting_does_not_load(unpacked_archive, tmp_path):
+    """The archive's serve section is a ServeConfig: an unknown key stops the worker naming
+    it (ServeSettings.from_dict used to drop it silently)."""
+    import shutil
+
+    from pydantic import ValidationError
+
+    copy = tmp_path / "model_dir"
+    shutil.copytree(unpacked_archive, copy)
+    desc = json.loads((copy / "technogan.json").read_text())
+    desc["serve"]["max_m"] = 3
+    (copy / "technogan.json").write_text(json.dumps(desc))
+    with pytest.raises(ValidationError, match="max_m"):
+        TechnoganHandler().initialize(make_context(copy))
+
+
+def test_huge_integers_and_oversized_bodies_fail_alone_in_a_batch(handler, unpacked_archive):
+    ctx = make_context(unpacked_archive)
+    bodies = [
+        b'{"n": ' + b"9" * 5000 + b"}",
+        json.dumps({"n": 2, "seed": 5, "format": "npy"}).encode(),
+        b'{"latents": [[' + b"1" * 4400 + b"]]}",
+        b" " * ((1 << 20) + 1),
+        json.dumps({"seed": 6, "format": "npy"}).encode(),
+    ]
+    set_batch(ctx, len(bodies))
+    out = handler.handle([{"body": bytearray(b)} for b in bodies], ctx)
+    status = [ctx.get_response_status(i)[0] for i in range(len(bodies))]
+    assert status == [400, 200, 400, 413, 200]
+    assert [json.loads(out[i])["field"] for i in (0, 2, 3)] == ["n", "latents[0][0]", "body"]
+    assert np.load(io.BytesIO(out[1])).shape[0] == 2 and np.load(io.BytesIO(out[4])).shape[0] == 1

@@ -156,7 +156,8 @@ BAD = [
     (None, b"{this is not json", "body"),
     (None, b"[1, 2, 3]", "body"),
     (None, b"\xff\xfe\x00", "body"),
-    (None, b" " * ((1 << 20) + 1), "body"),  # over the 1 MiB default limit
+    (None, b'{"n": ' + b"9" * 5000 + b"}", "n"),
+    (None, b'{"seed": ' + b"9" * 5000 + b"}", "seed"),
 ]
 
 
@@ -290,3 +291,99 @@ def test_technogan_serve_stops_cleanly_on_ctrl_c(model_store, tmp_path):
 def post_ok(port: int) -> bool:
     r = requests.post(f"http://127.0.0.1:{port}/predictions/technogan", data=b"", timeout=10)
     return r.status_code == 200
+
+
+HUGE = b"9" * 5000  # over Python's 4,300-digit limit for int()
+
+
+@pytest.mark.slow
+def test_huge_integers_fail_alone_in_their_batch(server):
+    """Mixed into batches with valid requests, a 5,000-digit integer anywhere in the body
+    gets its own 400 naming its field, and every valid request of the batch gets its 200."""
+    bad = [
+        (b'{"n": ' + HUGE + b"}", "n"),
+        (b'{"seed": ' + HUGE + b', "format": "npy"}', "seed"),
+        (b'{"seed": -' + HUGE + b"}", "seed"),
+        (b'{"latents": [[' + b"0," * 99 + HUGE + b"]]}", "latents[0][99]"),
+        (b'{"n": 1, "other": [' + HUGE + b"]}", "other"),
+    ]
+    cases = []
+    for i in range(40):  # 1 bad in 4, spread through the stream so batches mix them
+        if i % 4 == 3:
+            raw, field = bad[(i // 4) % len(bad)]
+            cases.append((raw, field))
+        else:
+            cases.append((json.dumps({"n": 1 + i % 2, "seed": i, "format": "npy"}).encode(), None))
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda c: post(server, raw=c[0], timeout=300), cases))
+    batches = []
+    for i, ((raw, field), r) in enumerate(zip(cases, responses)):
+        if field is None:
+            assert r.status_code == 200, (i, r.status_code, r.text[:200])
+            assert np.load(io.BytesIO(r.content)).shape == (1 + i % 2, *MEL.shape)
+            batches.append(int(r.headers["x-technogan-batch"]))
+        else:
+            assert r.status_code == 400, (i, r.status_code, r.text[:200])
+            assert r.json()["field"] == field
+    assert max(batches) > 1, f"no request was batched: {batches}"
+
+
+@pytest.mark.slow
+def test_an_8_mb_body_gets_our_json_413(server):
+    r = post(server, raw=b" " * (8 << 20))
+    assert r.status_code == 413 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["field"] == "body" and "over the limit of 1048576 bytes" in doc["error"]
+    assert post(server, {"seed": 1}).status_code == 200  # and the worker is fine
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/evil.mar", "https://example.com/evil.mar",
+                                 "file:///tmp/evil.mar"])
+def test_management_api_registers_nothing_outside_the_model_store(server, url):
+    r = requests.post(f"{server.management_url}/models", params={"url": url, "model_name": "evil"}, timeout=30)
+    assert r.status_code in (400, 404), r.text
+    assert "allowed" in r.text.lower(), r.text
+    names = [m["modelName"] for m in requests.get(f"{server.management_url}/models", timeout=10).json()["models"]]
+    assert names == ["technogan"]
+
+
+@pytest.mark.slow
+def test_technogan_serve_exits_with_the_workers_error_when_the_model_cannot_load(model_store, tmp_path):
+    """An archive whose weights do not match their meta: `technogan serve` must stop with
+    the worker's error, not leave TorchServe restarting workers and answering 500."""
+    import zipfile
+
+    import torch
+
+    from tests.serving.crafted import tamper
+
+    with zipfile.ZipFile(model_store / "technogan.mar") as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    (tmp_path / "g.pt").write_bytes(entries["generator.pt"])
+    payload = torch.load(tmp_path / "g.pt", weights_only=True)
+    meta = json.loads(payload["meta"])
+    bad = tamper(tmp_path / "g.pt", tmp_path / "bad.pt", resolution=128)  # the weights are 64x64
+    assert meta["resolution"] == 64
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(store / "technogan.mar", "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, bad.read_bytes() if name == "generator.pt" else data)
+    port = _free_base_port()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--model-store", str(store),
+                           "--port", str(port), "--workdir", str(tmp_path / "ts")],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "failed to load" in proc.stderr and "do not match" in proc.stderr, proc.stderr[-3000:]
+    for q in range(port, port + 5):  # and TorchServe is gone
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", q)) != 0
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65532", "70000"])
+def test_technogan_serve_refuses_port_zero_and_out_of_range(tmp_path, port, capsys):
+    from pipeline.cli import main as cli_main
+
+    assert cli_main(["serve", "--model-store", str(tmp_path), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: must be between 1 and 65531" in err
