@@ -113,7 +113,9 @@ def config_properties(serve: ServeConfig, mel: MelConfig, ports: Ports, bind: st
         f"grpc_inference_port={ports.grpc_inference}",
         f"grpc_management_port={ports.grpc_management}",
         "metrics_mode=prometheus",
-        # the management API may load nothing but our own archive (it registers code)
+        # the management API registers no archives (they run code), and could load nothing
+        # but our own archive were that turned on
+        "enable_model_api=false",
         f"allowed_urls={allowed_urls(model_store) if model_store is not None else 'file:///nowhere/technogan[.]mar'}",
         # raw bytes to the handler: it checks the size and parses JSON itself, so a bad
         # body is a 400 naming the body rather than TorchServe's decode warning

@@ -37,6 +37,7 @@ def test_shipped_config_exposes_only_inference():
 def test_shipped_config_limits_what_the_management_api_may_load():
     p = properties(SHIPPED.read_text())
     # TorchServe's default is file://.*|http(s)?://.*: any URL, i.e. anyone's code
+    assert p["enable_model_api"] == "false"
     assert p["allowed_urls"] == "file:///model-store/technogan[.]mar"
     assert "http" not in p["allowed_urls"] and ".*" not in p["allowed_urls"]
 
@@ -64,6 +65,7 @@ def test_written_config_binds_loopback_and_lets_big_bodies_reach_the_handler(tmp
         assert p[key].startswith("http://127.0.0.1:")
     assert p["grpc_inference_address"] == p["grpc_management_address"] == "127.0.0.1"
     assert int(p["max_request_size"]) == 40 << 20
+    assert p["enable_model_api"] == "false"
     assert p["allowed_urls"] == allowed_urls(tmp_path / "st+ore")
     assert p["allowed_urls"].endswith("/st[+]ore/technogan[.]mar") and "\\" not in p["allowed_urls"]
 
