@@ -12,8 +12,8 @@ from the server raises ``ClientError`` carrying the server's message, which name
 field at fault.
 
 A request in flight when its TorchServe worker dies is answered by TorchServe itself
-with ``Worker died.``: 507 when the worker was killed with SIGKILL (TorchServe reads
-exit code 137 as out of memory) and 500 otherwise. Generating has no side effects, so
+with ``Worker died.``: 507 when it has seen the worker's exit code 137 (SIGKILL, which
+TorchServe reads as out of memory), 500 otherwise (a race inside TorchServe). Generating has no side effects, so
 the client sends such a request again (``worker_retries`` times, default 1) once the
 worker has been restarted.
 """

@@ -306,8 +306,9 @@ class TorchServe:
         """What ``path`` gained since this server started (the logs folder outlives servers)."""
         if not path.is_file():
             return ""
+        offset = self._log_offsets.get(path.name, 0)
         with open(path, "rb") as f:
-            f.seek(self._log_offsets.get(path.name, 0))
+            f.seek(offset if offset <= path.stat().st_size else 0)  # a rolled-over log starts again
             return f.read().decode("utf-8", errors="replace")
 
     def log_tail(self, lines: int = 60) -> str:

@@ -418,11 +418,12 @@ def _kill_worker_mid_request(server, send):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_gives_507_and_the_client_resends(server):
+def test_a_killed_worker_fails_its_request_and_the_client_resends(server):
     slow = {"n": 8, "seed": 3, "format": "wav"}  # a second or more of Griffin-Lim: in flight when killed
     r = _kill_worker_mid_request(server, lambda: post(server, slow, timeout=400))
-    # TorchServe's own answer (documented in the README): exit 137 reads as out of memory
-    assert r.status_code == 507 and r.json()["message"] == "Worker died.", r.text[:300]
+    # TorchServe's own answer (documented in the README): 507 when it has already seen exit
+    # code 137 (which it reads as out of memory), 500 when it has not yet: a race
+    assert r.status_code in (500, 507) and r.json()["message"] == "Worker died.", r.text[:300]
 
     sent = []
     session = requests.Session()
@@ -430,4 +431,4 @@ def test_a_killed_worker_gives_507_and_the_client_resends(server):
     client = Client(server.inference_url, timeout=400, session=session)
     wav = _kill_worker_mid_request(server, lambda: client.wav(**{k: v for k, v in slow.items() if k != "format"}))
     assert wav[:4] == b"RIFF"
-    assert sent == [507, 200]  # the answer came from the resent request
+    assert len(sent) == 2 and sent[0] in (500, 507) and sent[1] == 200  # answered by the resent request
