@@ -125,11 +125,6 @@ SOURCES: dict[str, Callable[[str, Path, RunConfig], Source]] = {
 # ----------------------------------------------------------------------------- archive
 
 
-def serve_settings(serve: ServeConfig) -> dict[str, Any]:
-    """The ``serve`` values the handler reads from the archive (validated there as a ``ServeConfig``)."""
-    return serve.archived()
-
-
 def model_config_yaml(serve: ServeConfig) -> str:
     """TorchServe's per-model settings (model-config.yaml inside the archive)."""
     return yaml.safe_dump({
@@ -158,7 +153,7 @@ def describe(source: Source, serve: ServeConfig, weights_sha256: str) -> dict[st
         "mel_config": meta["mel_config"],
         "checkpoint": {"source": str(source.checkpoint), "sha256": weights_sha256,
                        "step": meta.get("step"), "epoch": meta.get("epoch"), "created": meta.get("created")},
-        "serve": serve_settings(serve),
+        "serve": serve.archived(),  # the handler validates it back into a ServeConfig
         "technogan_version": _version(),
     }
 
