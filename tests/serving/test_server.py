@@ -432,3 +432,28 @@ def test_a_killed_worker_fails_its_request_and_the_client_resends(server):
     wav = _kill_worker_mid_request(server, lambda: client.wav(**{k: v for k, v in slow.items() if k != "format"}))
     assert wav[:4] == b"RIFF"
     assert len(sent) == 2 and sent[0] in (500, 507) and sent[1] == 200  # answered by the resent request
+
+
+@pytest.mark.slow
+def test_allowed_urls_admit_only_our_archive_even_with_the_model_api_on(tmp_path, monkeypatch):
+    """allowed_urls is the second lock: turn the model API on and registering any URL but
+    <model-store>/technogan.mar is still refused by TorchServe itself."""
+    import serving.server as server_module
+    from pipeline.config import load_config
+    from serving.package import package
+    from tests.tracking.eval_runs import make_checkpoint
+
+    written = server_module.config_properties
+    monkeypatch.setattr(server_module, "config_properties", lambda *a, **k: written(*a, **k).replace(
+        "enable_model_api=false", "enable_model_api=true"))
+    config = load_config(None)
+    package(config, tmp_path / "store", checkpoint=str(make_checkpoint(tmp_path / "g.pt", resolution=32)))
+    with TorchServe(tmp_path / "store", tmp_path / "ts", config.serve, MEL, Ports.free()) as ts:
+        ours = "file://" + str((tmp_path / "store" / "technogan.mar").resolve())
+        for url in ("http://127.0.0.1:9/evil.mar", "file:///tmp/evil.mar", ours + ".evil", ours.replace(".mar", "Xmar")):
+            r = requests.post(f"{ts.management_url}/models", params={"url": url, "model_name": "evil"}, timeout=60)
+            assert r.status_code == 404 and "does not match any allowed URL" in r.json()["message"], (url, r.text)
+        r = requests.post(f"{ts.management_url}/models", params={"url": ours, "model_name": "evil"}, timeout=60)
+        assert "allowed URL" not in r.text  # our own archive passes the check (it is already registered)
+        names = [m["modelName"] for m in requests.get(f"{ts.management_url}/models", timeout=10).json()["models"]]
+        assert names == ["technogan"]
