@@ -39,10 +39,10 @@ import torch
 import yaml
 
 from pipeline.checkpoint import load_generator, save_generator
-from pipeline.config import MelConfig, RunConfig, load_config
+from pipeline.config import MelConfig, RunConfig, ServeConfig, load_config
 from pipeline.models.registry import get_model
-from serving.engine import Engine, ServeSettings
-from serving.package import package, read_description, serve_settings
+from serving.engine import Engine
+from serving.package import package, read_description
 from serving.request import Limits, parse_request
 from serving.server import Ports, TorchServe
 
@@ -147,12 +147,12 @@ def main() -> int:
         desc = read_description(archive)
 
         # in-process: the handler's engine with the archive's own settings (torch threads too)
-        settings = ServeSettings.from_dict(serve_settings(config.serve))
+        settings = ServeConfig.model_validate(desc["serve"])
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         generator, meta = load_generator(checkpoint)
         engine = Engine(generator, meta, settings)
-        limits = Limits(latent_dim=engine.latent_dim, max_n=settings.max_n, max_body_bytes=settings.max_body_bytes)
+        limits = Limits.of(settings, engine.latent_dim)
         results: dict[str, dict] = {}
         with TorchServe(tmp / "store", tmp / "ts", config.serve, MelConfig.from_dict(desc["mel_config"]),
                         Ports.free()) as server:

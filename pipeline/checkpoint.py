@@ -85,26 +85,97 @@ def save_generator(path: str | os.PathLike, generator: nn.Module, meta: dict[str
     return _save(path, {"format": GENERATOR_FORMAT, "state_dict": _cpu_state(generator), "meta": _meta_json(meta)})
 
 
+def _decode_meta(path: Path, payload: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``meta`` JSON of a loaded checkpoint, with ``required`` keys present; UserError naming the file."""
+    raw = payload.get("meta")
+    try:
+        meta = json.loads(raw) if isinstance(raw, (str, bytes)) else None
+    except ValueError as e:
+        raise UserError(f"{path}: checkpoint meta is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: checkpoint meta must be a JSON object, found {type(raw).__name__}")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise UserError(f"{path}: checkpoint meta lacks {', '.join(missing)} (a generator checkpoint needs "
+                        f"{', '.join(REQUIRED_META)})")
+    return meta
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON description of a generator or training-state checkpoint."""
-    return json.loads(_load(path, "cpu", GENERATOR_FORMAT, TRAIN_STATE_FORMAT)["meta"])
+    return _decode_meta(Path(path), _load(path, "cpu", GENERATOR_FORMAT, TRAIN_STATE_FORMAT))
 
 
 def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(generator in eval mode, meta) from a generator checkpoint, rebuilt through the registry."""
-    from pipeline.config import MelConfig, ModelConfig
+    """(generator in eval mode, meta) from a generator checkpoint, rebuilt through the registry.
+
+    Everything the meta claims is checked against the weights before the generator is
+    returned: model name, model config, resolution, latent size and mel config, then one
+    forward pass of one latent must give a [1, 1, R, R] finite mel. A checkpoint that
+    fails any of it is a UserError naming the file and the key (exit 2 on the CLI).
+    """
+    from pydantic import ValidationError
+
+    from pipeline.config import ConfigError, MelConfig, ModelConfig
     from pipeline.models.registry import get_model
 
-    payload = _load(path, map_location, GENERATOR_FORMAT)
-    meta = json.loads(payload["meta"])
-    model_cfg = ModelConfig.model_validate(meta["model_config"])
-    MelConfig.from_dict(meta["mel_config"])  # fail here, naming the file, rather than at plot time
-    generator = get_model(meta["model"]).build_generator(model_cfg, int(meta["resolution"]))
-    generator.load_state_dict(payload["state_dict"])
+    p = Path(path)
+    payload = _load(p, map_location, GENERATOR_FORMAT)
+    meta = _decode_meta(p, payload, REQUIRED_META)
+    try:
+        model_cfg = ModelConfig.model_validate(meta["model_config"])
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors())
+        raise UserError(f"{p}: checkpoint meta model_config: {bad}") from None
+    try:
+        MelConfig.from_dict(meta["mel_config"])  # fail here, naming the file, rather than at plot time
+    except ConfigError as e:
+        raise UserError(f"{p}: checkpoint meta {e}") from None
+    resolution, latent_dim = meta["resolution"], meta["latent_dim"]
+    for key, value in (("resolution", resolution), ("latent_dim", latent_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{p}: checkpoint meta {key} must be a positive integer, got {value!r}")
+    if latent_dim != model_cfg.latent_dim:
+        raise UserError(f"{p}: checkpoint meta latent_dim {latent_dim} disagrees with its model_config."
+                        f"latent_dim {model_cfg.latent_dim}")
+    if not isinstance(meta["model"], str):
+        raise UserError(f"{p}: checkpoint meta model must be a registry name, got {meta['model']!r}")
+    try:
+        spec = get_model(meta["model"])
+        generator = spec.build_generator(model_cfg, resolution)
+    except (UserError, KeyError, ValueError) as e:
+        raise UserError(f"{p}: checkpoint meta model {meta['model']!r} at resolution {resolution}: "
+                        f"{e.args[0] if e.args else e}") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise UserError(f"{p}: checkpoint has no state_dict")
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as e:  # missing/unexpected keys, shape mismatches: another model or size
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or (first[0] if first else "")
+        raise UserError(f"{p}: the weights do not match the meta ({meta['model']}, resolution {resolution}, "
+                        f"latent {latent_dim}): {detail}") from None
     if isinstance(map_location, (str, torch.device)):
         generator.to(map_location)
     generator.eval()
+    check_generator(generator, latent_dim, resolution, where=str(p))
     return generator, meta
+
+
+@torch.no_grad()
+def check_generator(generator: nn.Module, latent_dim: int, resolution: int, where: str = "generator") -> None:
+    """One forward pass of one latent: the output must be a finite [1, 1, R, R] mel."""
+    device = next((t.device for t in generator.parameters()), torch.device("cpu"))
+    try:
+        out = generator(torch.zeros(1, latent_dim, device=device))
+    except RuntimeError as e:
+        raise UserError(f"{where}: one forward pass with latent size {latent_dim} failed: {e}") from None
+    if tuple(out.shape) != (1, 1, resolution, resolution):
+        raise UserError(f"{where}: the generator makes {list(out.shape)} mels, the meta says resolution "
+                        f"{resolution} ([1, 1, {resolution}, {resolution}])")
+    if not bool(torch.isfinite(out).all()):
+        raise UserError(f"{where}: the generator's output is not finite (NaN or infinity in the weights)")
 
 
 def save_training_state(path: str | os.PathLike, *, generator: nn.Module, critic: nn.Module,
@@ -128,5 +199,5 @@ def save_training_state(path: str | os.PathLike, *, generator: nn.Module, critic
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The training-state dict (``meta`` decoded from JSON)."""
     payload = _load(path, map_location, TRAIN_STATE_FORMAT)
-    payload["meta"] = json.loads(payload["meta"])
+    payload["meta"] = _decode_meta(Path(path), payload)
     return payload

@@ -308,7 +308,11 @@ class ServeConfig(Section):
 
     port: int = Field(8080, ge=1, le=65531, description="inference port; management port+1, metrics +2, gRPC +3, +4")
     max_n: int = Field(64, ge=1, le=1024, description="most spectrograms one request may ask for")
-    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="larger request bodies get a 400")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="larger request bodies get our "
+                                "JSON 413 from the handler")
+    frontend_max_request_bytes: int = Field(32 << 20, ge=2048, le=1 << 30, description="TorchServe's own "
+                                            "max_request_size: bodies up to it reach the handler (and get the JSON "
+                                            "413); above it TorchServe answers 413 with an empty body")
     workers: int = Field(1, ge=1, le=64, description="TorchServe workers; each loads the model")
     batch_size: int = Field(8, ge=1, le=256, description="requests TorchServe batches into one handler call")
     max_batch_delay_ms: int = Field(2, ge=0, le=10000, description="how long a batch waits to fill up "
@@ -322,6 +326,19 @@ class ServeConfig(Section):
     json_decimals: int = Field(2, ge=0, le=8, description="dB decimals in json responses (npy is exact)")
     torch_threads: Optional[int] = Field(1, ge=1, le=256, description="per worker: the frontend needs a core "
                                          "too, and oversubscribed threads spin; null = torch's default")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServeConfig":
+        if self.frontend_max_request_bytes <= self.max_body_bytes:
+            raise ValueError(f"frontend_max_request_bytes ({self.frontend_max_request_bytes}) must be above "
+                             f"max_body_bytes ({self.max_body_bytes}), or oversized bodies get TorchServe's "
+                             "empty 413 instead of the handler's JSON error")
+        return self
+
+    def archived(self) -> dict[str, Any]:
+        """The settings the handler reads back from the archive's ``technogan.json`` (not
+        the port: an archive does not depend on where it is served)."""
+        return self.model_dump(mode="json", exclude={"port"})
 
 
 # ----------------------------------------------------------------------------- evaluation

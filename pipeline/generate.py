@@ -32,6 +32,9 @@ from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "wav", "npy")
+MAX_CLIPS = 10_000  # one call's latents and mels stay in memory: bounded, never 40 GB by a typo
+MAX_MEL_BYTES = 1 << 30  # and at most 1 GiB of mels [N, R, R] float32 at the model's resolution
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 
 
 @dataclass
@@ -82,9 +85,17 @@ def generate_files(checkpoint: str | Path, out: str | Path, n: int = 8, formats:
     from pipeline.checkpoint import load_generator
     from pipeline.plot import plot_mel_grid
 
-    if n < 1:
-        raise UserError(f"--n must be at least 1, got {n}")
-    generator, meta = load_generator(checkpoint)
+    if not 1 <= n <= MAX_CLIPS:
+        raise UserError(f"--n must be between 1 and {MAX_CLIPS}, got {n}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if render_iterations < 0:
+        raise UserError(f"--iterations must be 0 or more, got {render_iterations}")
+    generator, meta = load_generator(checkpoint)  # UserError naming the file for any bad meta or weights
+    size = n * int(meta["resolution"]) ** 2 * 4
+    if size > MAX_MEL_BYTES:
+        raise UserError(f"--n {n} at resolution {meta['resolution']} would hold {size / 2**30:.1f} GiB of mels; "
+                        f"ask for at most {MAX_MEL_BYTES // (int(meta['resolution']) ** 2 * 4)} per call")
     mel_config = MelConfig.from_dict(meta["mel_config"])
     mels = generate_mels(generator, n, int(meta["latent_dim"]), batch_size=256, seed=seed)  # [N, R, R]
     out = Path(out)
@@ -135,7 +146,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
-    config = load_config(args.config)
+    # --iterations is evaluate.render_iterations for this call: the config's bounds apply
+    overrides = {} if args.iterations is None else {"evaluate.render_iterations": args.iterations}
+    try:
+        config = load_config(args.config, overrides)
+    except UserError as e:
+        if args.iterations is not None and "render_iterations" in str(e):
+            raise UserError(f"--iterations {args.iterations}: {str(e).rsplit(': ', 1)[-1]}") from None
+        raise
     ev: EvaluateConfig = config.evaluate
     with tempfile.TemporaryDirectory(prefix="technogan-generate-") as tmp:
         if args.checkpoint:
@@ -150,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
             checkpoint, mv = champion_checkpoint(tmp, ev.registry_model, args.alias, config.tracking.uri)
             log.info("generate: %s@%s is version %s (run %s)", ev.registry_model, args.alias, mv.version, mv.run_id)
         result = generate_files(checkpoint, args.out, args.n, formats, args.seed,
-                                ev.render_iterations if args.iterations is None else args.iterations,
+                                ev.render_iterations,
                                 ev.render_mel_inverse)
     for f in result.files:
         print(f)

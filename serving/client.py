@@ -10,6 +10,12 @@
 Every method takes ``n``, ``seed`` or ``latents`` (a [n, latent_dim] array). A 400
 from the server raises ``ClientError`` carrying the server's message, which names the
 field at fault.
+
+A request in flight when its TorchServe worker dies is answered by TorchServe itself
+with ``Worker died.``: 507 when it has seen the worker's exit code 137 (SIGKILL, which
+TorchServe reads as out of memory), 500 otherwise (a race inside TorchServe). Generating has no side effects, so
+the client sends such a request again (``worker_retries`` times, default 1) once the
+worker has been restarted.
 """
 
 from __future__ import annotations
@@ -45,14 +51,25 @@ class GeneratedMels:
     model: Optional[str] = None
 
 
+def worker_died(r: requests.Response) -> bool:
+    """TorchServe's own answer to a request whose worker died under it (507 or 500)."""
+    if r.status_code not in (500, 507):
+        return False
+    try:
+        return "Worker died" in str(r.json().get("message", ""))
+    except ValueError:
+        return False
+
+
 class Client:
     """Talks to ``POST <base_url>/predictions/technogan``; one ``requests.Session`` per client."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8080", timeout: float = 120.0,
-                 session: Optional[requests.Session] = None):
+                 session: Optional[requests.Session] = None, worker_retries: int = 1):
         self.url = f"{base_url.rstrip('/')}/predictions/{MODEL_NAME}"
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.worker_retries = worker_retries
 
     def request(self, format: str = "json", n: Optional[int] = None, seed: Optional[int] = None,
                 latents: Optional[Sequence[Sequence[float]] | np.ndarray] = None) -> requests.Response:
@@ -64,8 +81,11 @@ class Client:
             body["seed"] = seed
         if latents is not None:
             body["latents"] = np.asarray(latents, dtype=np.float64).tolist()
-        r = self.session.post(self.url, data=json.dumps(body), headers={"Content-Type": "application/json"},
-                              timeout=self.timeout)
+        for _ in range(1 + max(0, self.worker_retries)):
+            r = self.session.post(self.url, data=json.dumps(body), headers={"Content-Type": "application/json"},
+                                  timeout=self.timeout)
+            if not worker_died(r):
+                break
         if r.status_code != 200:
             try:
                 err = r.json()

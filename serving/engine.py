@@ -22,32 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import MelConfig
+from pipeline.config import MelConfig, ServeConfig
 from pipeline.generate import latents_for_seed
 from pipeline.mel import normalised_to_db, to_stored_resolution
 from serving.request import GenerationRequest
 
 # Largest seed the handler draws itself: exact in a JSON number for any client (2^53).
 MAX_DRAWN_SEED = 2**53
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """The ``serve`` config values the handler needs; stored in the archive's description."""
-
-    max_n: int = 64
-    max_body_bytes: int = 1 << 20
-    wav_gap_seconds: float = 0.5
-    render_iterations: int = 16
-    render_mel_inverse: str = "nnls"
-    render_nnls_steps: int = 10
-    json_decimals: int = 2
-    torch_threads: Optional[int] = 1
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ServeSettings":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
 
 
 @dataclass
@@ -64,7 +45,7 @@ class Timings:
 class Engine:
     """A generator ready to serve: ``generate`` mels and ``encode`` them per format."""
 
-    def __init__(self, generator: nn.Module, meta: dict[str, Any], settings: ServeSettings,
+    def __init__(self, generator: nn.Module, meta: dict[str, Any], settings: ServeConfig,
                  device: torch.device | str = "cpu"):
         from pipeline.audio import MelRenderer
 

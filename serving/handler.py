@@ -31,13 +31,15 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from pipeline.checkpoint import load_generator
-from serving.engine import Engine, ServeSettings, Timings
+from pipeline.config import ServeConfig
+from serving.engine import Engine, Timings
 from serving.package import DESCRIPTION_FILE
 from serving.request import GenerationRequest, Limits, RequestError, parse_request
 
 log = logging.getLogger(__name__)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+REASONS = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 
 class TechnoganHandler(BaseHandler):
@@ -57,7 +59,9 @@ class TechnoganHandler(BaseHandler):
             else torch.device("cpu")
         self.manifest = context.manifest
         self.description = json.loads((model_dir / DESCRIPTION_FILE).read_text())
-        settings = ServeSettings.from_dict(self.description.get("serve", {}))
+        # the archive's serve section, validated as strictly as a config file: an unknown
+        # key (an archive from another technogan version) stops the worker naming it
+        settings = ServeConfig.model_validate(self.description.get("serve", {}))
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
 
@@ -71,8 +75,7 @@ class TechnoganHandler(BaseHandler):
         generator, meta = load_generator(weights, map_location=self.device)
         self.engine = Engine(generator, meta, settings, device=self.device)
         self.engine.warm_up()  # the worker reports READY only after this: no slow first request
-        self.limits = Limits(latent_dim=self.engine.latent_dim, max_n=settings.max_n,
-                             max_body_bytes=settings.max_body_bytes)
+        self.limits = Limits.of(settings, self.engine.latent_dim)
         self.model = generator
         self.initialized = True
         log.info("technogan handler ready: %s at %dx%d, latent %d, registry version %s, run %s, device %s",
@@ -89,6 +92,9 @@ class TechnoganHandler(BaseHandler):
                 parsed.append(parse_request(self._body(idx, row), self.limits))
             except RequestError as e:
                 parsed.append(e)
+            except Exception:  # a bug of ours: this request alone fails, never its batch
+                log.exception("reading request %d of the batch failed", idx)
+                parsed.append(RequestError("body", "internal error while reading the request", code=500))
         return parsed
 
     def inference(self, data: list[GenerationRequest | RequestError], *args, **kwargs):
@@ -119,7 +125,7 @@ class TechnoganHandler(BaseHandler):
         for idx, item in enumerate(data):
             if isinstance(item, RequestError):
                 rejected += 1
-                out.append(self._error(idx, 400, item.body()))
+                out.append(self._error(idx, item.error_code, item.body()))
                 continue
             request, mels, seed = item
             try:
@@ -154,7 +160,7 @@ class TechnoganHandler(BaseHandler):
         return None
 
     def _error(self, idx: int, code: int, body: bytes) -> bytes:
-        self.context.set_response_status(code, "Bad Request" if code == 400 else "Internal Server Error", idx=idx)
+        self.context.set_response_status(code, REASONS.get(code, "Error"), idx=idx)
         self.context.set_response_content_type(idx, "application/json")
         return body
 

@@ -126,14 +126,6 @@ SOURCES: dict[str, Callable[[str, Path, RunConfig], Source]] = {
 # ----------------------------------------------------------------------------- archive
 
 
-def serve_settings(serve: ServeConfig) -> dict[str, Any]:
-    """The ``serve`` values the handler reads from the archive."""
-    from serving.engine import ServeSettings  # torch: imported only when packaging
-
-    fields = ServeSettings.__dataclass_fields__
-    return {k: v for k, v in serve.model_dump().items() if k in fields}
-
-
 def model_config_yaml(serve: ServeConfig) -> str:
     """TorchServe's per-model settings (model-config.yaml inside the archive)."""
     return yaml.safe_dump({
@@ -162,7 +154,7 @@ def describe(source: Source, serve: ServeConfig, weights_sha256: str) -> dict[st
         "mel_config": meta["mel_config"],
         "checkpoint": {"source": str(source.checkpoint), "sha256": weights_sha256,
                        "step": meta.get("step"), "epoch": meta.get("epoch"), "created": meta.get("created")},
-        "serve": serve_settings(serve),
+        "serve": serve.archived(),  # the handler validates it back into a ServeConfig
         "technogan_version": _version(),
     }
 
@@ -185,10 +177,17 @@ def read_description(archive: str | os.PathLike) -> dict[str, Any]:
 def build_archive(source: Source, out_dir: str | os.PathLike, serve: ServeConfig, force: bool = False) -> Path:
     """Write ``<out_dir>/technogan.mar`` for ``source``; returns its path.
 
-    Built in a private temp folder (torch-model-archiver stages in ``$TMPDIR/<model
-    name>`` and deletes it, so two builds at once must not share ``$TMPDIR``) and
-    moved into place with a rename, so a reader never sees half an archive.
+    The checkpoint is loaded first (meta against weights, one forward pass): a
+    checkpoint that cannot serve is a UserError and the old archive stays. Built in a
+    private temp folder (torch-model-archiver stages in ``$TMPDIR/<model name>`` and
+    deletes it, so two builds at once must not share ``$TMPDIR``) and moved into place
+    with a rename, so a reader never sees half an archive.
     """
+    from pipeline.checkpoint import load_generator
+
+    # the generator must load from these weights as its meta describes it, and make one
+    # mel, before anything is written: a bad checkpoint never replaces a good archive
+    load_generator(source.checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / ARCHIVE_NAME

@@ -2,7 +2,7 @@
 
     technogan serve [--model-store model-store] [--port 8080] [--config FILE]
 
-Binds 127.0.0.1 only: inference on --port (default 8080), management on port+1,
+Binds 127.0.0.1 only: inference on --port (default 8080; 0 is refused), management on port+1,
 Prometheus metrics on port+2 (``/metrics``) and TorchServe's gRPC endpoints, which
 technogan does not use but TorchServe always opens, on port+3 and port+4. Token auth is disabled explicitly
 (``--disable-token-auth``), which is only acceptable because nothing but this machine
@@ -25,7 +25,7 @@ from pipeline.config import MelConfig, load_config
 from pipeline.config import add_config_argument
 from pipeline.errors import UserError
 from serving.package import read_description
-from serving.server import ARCHIVE_NAME, Ports, TorchServe
+from serving.server import ARCHIVE_NAME, ModelLoadError, Ports, TorchServe
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,16 @@ def _raise_interrupt(signum, frame):  # SIGTERM (docker stop, kill) stops as cle
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    # --port 0 is refused, not read as "unset": TorchServe needs five known ports (P..P+4)
+    port = config.serve.port if args.port is None else args.port
+    if not 1 <= port <= 65531:
+        raise UserError(f"--port {port}: must be between 1 and 65531 (port+1 to port+4 are used too; "
+                        "0 is not supported: pick a free port)")
     store = Path(args.model_store)
     archive = store / ARCHIVE_NAME
     if not archive.is_file():
         raise UserError(f"{archive}: not found; build it first with `technogan package --out {store}`")
     desc = read_description(archive)
-    port = args.port or config.serve.port
-    if not 1 <= port <= 65531:
-        raise UserError(f"--port {port}: must be between 1 and 65531 (port+1 to port+4 are used too)")
     server = TorchServe(store, Path(args.workdir) if args.workdir else store / ".torchserve", config.serve,
                         MelConfig.from_dict(desc["mel_config"]), Ports.from_base(port), bind="127.0.0.1",
                         foreground_output=True)
@@ -61,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         try:
             server.start()
+        except ModelLoadError as e:  # the worker's own error, not TorchServe's restart loop
+            raise UserError(f"{archive}: {e}") from None
         except RuntimeError as e:  # exited or never ready: the message carries TorchServe's log tail
             raise UserError(f"TorchServe did not start (is port {port}, {port + 1} or {port + 2} taken?)\n{e}") from None
         print(f"\ntechnogan {desc['model']} (registry version {desc['version']}, run {desc['run_id']}) is served:\n"

@@ -84,8 +84,24 @@ def response_size_limit(serve: ServeConfig, mel: MelConfig) -> int:
     return max(TS_DEFAULT_MAX_SIZE, int(1.25 * max(json_bytes, wav_bytes)) + (1 << 16))
 
 
+def allowed_urls(model_store: str | os.PathLike) -> str:
+    """A Java regex matching only ``file://<model_store>/technogan.mar``, written so that
+    the properties file's own backslash escapes cannot change it (one char per class)."""
+    path = str(Path(model_store).resolve() / ARCHIVE_NAME)
+    out = []
+    for c in path:
+        if c.isalnum() or c in "/_-":
+            out.append(c)
+        elif c in "\\]^":  # cannot sit alone in a class without a backslash: match any char
+            out.append(".")
+        else:
+            out.append(f"[{c}]")
+    return "file://" + "".join(out)
+
+
 def config_properties(serve: ServeConfig, mel: MelConfig, ports: Ports, bind: str = "127.0.0.1",
-                      metrics_config: Optional[Path] = METRICS_YAML) -> str:
+                      metrics_config: Optional[Path] = METRICS_YAML,
+                      model_store: Optional[str | os.PathLike] = None) -> str:
     """The text of a TorchServe ``config.properties`` for these settings."""
     lines = [
         "# written by technogan (serving/server.py)",
@@ -97,11 +113,15 @@ def config_properties(serve: ServeConfig, mel: MelConfig, ports: Ports, bind: st
         f"grpc_inference_port={ports.grpc_inference}",
         f"grpc_management_port={ports.grpc_management}",
         "metrics_mode=prometheus",
+        # the management API registers no archives (they run code), and could load nothing
+        # but our own archive were that turned on
+        "enable_model_api=false",
+        f"allowed_urls={allowed_urls(model_store) if model_store is not None else 'file:///nowhere/technogan[.]mar'}",
         # raw bytes to the handler: it checks the size and parses JSON itself, so a bad
         # body is a 400 naming the body rather than TorchServe's decode warning
         "decode_input_request=false",
-        # above the handler's own limit, so an oversized body still reaches it and gets a 400
-        f"max_request_size={max(TS_DEFAULT_MAX_SIZE, 2 * serve.max_body_bytes)}",
+        # above the handler's own limit, so an oversized body still reaches it and gets its JSON 413
+        f"max_request_size={serve.frontend_max_request_bytes}",
         f"max_response_size={response_size_limit(serve, mel)}",
         f"job_queue_size={serve.queue_size}",
         f"default_workers_per_model={serve.workers}",
@@ -110,6 +130,10 @@ def config_properties(serve: ServeConfig, mel: MelConfig, ports: Ports, bind: st
     if metrics_config is not None:
         lines.append(f"metrics_config={Path(metrics_config).resolve()}")
     return "\n".join(lines) + "\n"
+
+
+class ModelLoadError(RuntimeError):
+    """TorchServe started but its worker could not load the archive (the message has the worker's error)."""
 
 
 class TorchServe:
@@ -131,6 +155,7 @@ class TorchServe:
         self.foreground_output = foreground_output  # True: TorchServe's log goes to our stdout
         self.proc: Optional[subprocess.Popen] = None
         self._log_file: Optional[IO[bytes]] = None
+        self._log_offsets: dict[str, int] = {}
 
     # -- addresses
 
@@ -176,7 +201,9 @@ class TorchServe:
             raise UserError(f"{archive}: no model archive; build it with `technogan package`")
         for name in ("tmp", "logs"):
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
-        (self.workdir / "config.properties").write_text(config_properties(self.serve, self.mel, self.ports, self.bind))
+        self._log_offsets = {p.name: p.stat().st_size for p in (self.workdir / "logs").glob("*.log")}
+        (self.workdir / "config.properties").write_text(config_properties(self.serve, self.mel, self.ports, self.bind,
+                                                                              model_store=self.model_store))
         env = dict(os.environ)
         env.update({
             "TMPDIR": str(self.workdir / "tmp"),  # pid file: one per server, not one per machine
@@ -209,6 +236,10 @@ class TorchServe:
                 raise RuntimeError(f"TorchServe exited with code {self.proc.returncode}\n{self.log_tail()}")
             if self._ready():
                 return
+            failure = self.load_failure()
+            if failure is not None:
+                # TorchServe would restart the worker forever and answer 500 "Worker died"
+                raise ModelLoadError(f"the model's worker failed to load technogan.mar:\n{failure}")
             time.sleep(0.25)
         raise RuntimeError(f"TorchServe was not ready after {timeout:.0f} s\n{self.log_tail()}")
 
@@ -252,6 +283,33 @@ class TorchServe:
         """Block until TorchServe exits on its own; its exit code."""
         assert self.proc is not None, "not started"
         return self.proc.wait()
+
+    def load_failure(self) -> Optional[str]:
+        """The worker's error when it failed to load the model (None while no load failed).
+
+        The frontend logs ``Load model failed: technogan`` when a worker dies in the
+        handler's ``initialize``; the worker's traceback is in ``model_log.log``.
+        """
+        ts_log = self.workdir / "logs" / "ts_log.log"
+        if f"Load model failed: {MODEL_NAME}" not in self._log_since_start(ts_log):
+            return None
+        model_log = self.workdir / "logs" / "model_log.log"
+        lines = self._log_since_start(model_log).splitlines()
+        messages = [line.split("MODEL_LOG - ", 1)[1] for line in lines if "MODEL_LOG - " in line]
+        starts = [i for i, m in enumerate(messages) if m.startswith("Traceback (most recent call last)")]
+        if starts:
+            messages = messages[starts[-1]:]
+        tail = messages[-40:]
+        return "\n".join(tail) if tail else "(no worker output; see " + str(model_log) + ")"
+
+    def _log_since_start(self, path: Path) -> str:
+        """What ``path`` gained since this server started (the logs folder outlives servers)."""
+        if not path.is_file():
+            return ""
+        offset = self._log_offsets.get(path.name, 0)
+        with open(path, "rb") as f:
+            f.seek(offset if offset <= path.stat().st_size else 0)  # a rolled-over log starts again
+            return f.read().decode("utf-8", errors="replace")
 
     def log_tail(self, lines: int = 60) -> str:
         """The end of TorchServe's output and of its own log, for error messages."""

@@ -13,6 +13,7 @@ from pipeline.cli import main as cli_main
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.generate import generate_files, parse_formats
+from tests.serving.crafted import CRAFTED, tamper
 from tests.tracking.eval_runs import make_checkpoint, make_run, store_uri
 
 
@@ -42,7 +43,8 @@ def test_a_seed_means_the_same_clips_offline_and_on_the_server(tmp_path):
 
     from pipeline.checkpoint import load_generator
     from pipeline.generate import generate_mels
-    from serving.engine import Engine, ServeSettings
+    from pipeline.config import ServeConfig
+    from serving.engine import Engine
     from serving.request import GenerationRequest
 
     ckpt = make_checkpoint(tmp_path / "g.pt", resolution=32)
@@ -51,7 +53,7 @@ def test_a_seed_means_the_same_clips_offline_and_on_the_server(tmp_path):
     # batching changes only rounding (other conv kernels), never which latents a clip gets
     np.testing.assert_allclose(generate_mels(generator, 5, meta["latent_dim"], batch_size=2, seed=11), offline,
                                atol=1e-6)
-    engine = Engine(generator, meta, ServeSettings())
+    engine = Engine(generator, meta, ServeConfig())
     z, seed = engine.latents(GenerationRequest(n=5, format="npy", seed=11))
     assert seed == 11
     with torch.no_grad():
@@ -103,3 +105,57 @@ def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_data
     before = len(client.get_metric_history(runs["dcgan1"], "eval.fd_learned"))
     step_evaluate(ctx)
     assert len(client.get_metric_history(runs["dcgan1"], "eval.fd_learned")) == before
+
+
+# ----------------------------------------------------------------------------- crafted checkpoints
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("good") / "g.pt", resolution=32)
+
+
+@pytest.mark.parametrize("case", list(CRAFTED), ids=list(CRAFTED))
+def test_a_checkpoint_whose_meta_lies_is_a_user_error_in_generate(case, good_checkpoint, tmp_path, capsys):
+    from pipeline.checkpoint import load_generator
+
+    bad = tamper(good_checkpoint, tmp_path / f"{case}.pt", **CRAFTED[case])
+    with pytest.raises(UserError) as info:
+        load_generator(bad)
+    assert str(bad) in str(info.value)
+    out = tmp_path / "out"
+    assert cli_main(["generate", "--checkpoint", str(bad), "--n", "1", "--format", "npy", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_the_untampered_checkpoint_still_loads(good_checkpoint, tmp_path):
+    from pipeline.checkpoint import load_generator
+
+    copy = tamper(good_checkpoint, tmp_path / "same.pt")  # the same meta, rewritten: the control case
+    generator, meta = load_generator(copy)
+    assert meta["resolution"] == 32 and meta["latent_dim"] == 16
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--iterations", "-1"], "--iterations -1"),
+    (["--n", "100000000"], "--n must be between 1 and 10000"),
+    (["--n", "0"], "--n must be between 1 and 10000"),
+    (["--n", "-5"], "--n must be between 1 and 10000"),
+    (["--seed", "-1"], "--seed must be between 0"),
+    (["--seed", str(2**64)], "--seed must be between 0"),
+    (["--iterations", "100000"], "--iterations 100000"),
+])
+def test_generate_bounds_its_arguments(args, message, good_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_main(["generate", "--checkpoint", str(good_checkpoint), "--format", "wav", "--out", str(out), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_generate_bounds_the_memory_of_mels_by_resolution(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "g256.pt", resolution=256)  # 256 KiB of mels per clip
+    with pytest.raises(UserError, match=r"--n 5000 at resolution 256 would hold 1\.2 GiB"):
+        generate_files(ckpt, tmp_path / "o", n=5000, formats=["npy"])

@@ -146,3 +146,65 @@ def test_form_encoded_body_gets_a_400(handler, unpacked_archive):
     assert json.loads(out[0])["error"].startswith("body: ")
 
 
+
+
+def test_an_archive_with_an_unknown_serve_setting_does_not_load(unpacked_archive, tmp_path):
+    """The archive's serve section is a ServeConfig: an unknown key stops the worker naming
+    it (ServeSettings.from_dict used to drop it silently)."""
+    import shutil
+
+    from pydantic import ValidationError
+
+    copy = tmp_path / "model_dir"
+    shutil.copytree(unpacked_archive, copy)
+    desc = json.loads((copy / "technogan.json").read_text())
+    desc["serve"]["max_m"] = 3
+    (copy / "technogan.json").write_text(json.dumps(desc))
+    with pytest.raises(ValidationError, match="max_m"):
+        TechnoganHandler().initialize(make_context(copy))
+
+
+def test_huge_integers_and_oversized_bodies_fail_alone_in_a_batch(handler, unpacked_archive):
+    ctx = make_context(unpacked_archive)
+    bodies = [
+        b'{"n": ' + b"9" * 5000 + b"}",
+        json.dumps({"n": 2, "seed": 5, "format": "npy"}).encode(),
+        b'{"latents": [[' + b"1" * 4400 + b"]]}",
+        b" " * ((1 << 20) + 1),
+        json.dumps({"seed": 6, "format": "npy"}).encode(),
+    ]
+    set_batch(ctx, len(bodies))
+    out = handler.handle([{"body": bytearray(b)} for b in bodies], ctx)
+    status = [ctx.get_response_status(i)[0] for i in range(len(bodies))]
+    assert status == [400, 200, 400, 413, 200]
+    assert [json.loads(out[i])["field"] for i in (0, 2, 3)] == ["n", "latents[0][0]", "body"]
+    assert np.load(io.BytesIO(out[1])).shape[0] == 2 and np.load(io.BytesIO(out[4])).shape[0] == 1
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.serving.test_request import _dumps, json_values  # noqa: E402
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(st.lists(json_values, min_size=1, max_size=5))
+def test_whatever_shares_the_batch_the_valid_requests_get_their_answer(handler, unpacked_archive, drawn):
+    """Arbitrary JSON bodies (huge integers, NaN, nesting, wrong types) mixed into a batch
+    with valid requests: every valid one gets its mels, every other one a JSON 4xx."""
+    ctx = make_context(unpacked_archive)
+    valid = json.dumps({"seed": 1, "format": "npy"}).encode()
+    bodies = [valid, *(_dumps(v) for v in drawn), valid]
+    set_batch(ctx, len(bodies))
+    out = handler.handle([{"body": bytearray(b)} for b in bodies], ctx)
+    assert len(out) == len(bodies)
+    for i, body in enumerate(bodies):
+        code = ctx.get_response_status(i)[0]
+        if body == valid:
+            assert code == 200 and np.load(io.BytesIO(out[i])).shape == (1, *MelConfig().shape)
+        elif code != 200:
+            assert code == 400, (body[:200], code)
+            doc = json.loads(out[i])
+            assert doc["error"].startswith(doc["field"] + ": ")

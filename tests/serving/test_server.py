@@ -156,7 +156,8 @@ BAD = [
     (None, b"{this is not json", "body"),
     (None, b"[1, 2, 3]", "body"),
     (None, b"\xff\xfe\x00", "body"),
-    (None, b" " * ((1 << 20) + 1), "body"),  # over the 1 MiB default limit
+    (None, b'{"n": ' + b"9" * 5000 + b"}", "n"),
+    (None, b'{"seed": ' + b"9" * 5000 + b"}", "seed"),
 ]
 
 
@@ -290,3 +291,169 @@ def test_technogan_serve_stops_cleanly_on_ctrl_c(model_store, tmp_path):
 def post_ok(port: int) -> bool:
     r = requests.post(f"http://127.0.0.1:{port}/predictions/technogan", data=b"", timeout=10)
     return r.status_code == 200
+
+
+HUGE = b"9" * 5000  # over Python's 4,300-digit limit for int()
+
+
+@pytest.mark.slow
+def test_huge_integers_fail_alone_in_their_batch(server):
+    """Mixed into batches with valid requests, a 5,000-digit integer anywhere in the body
+    gets its own 400 naming its field, and every valid request of the batch gets its 200."""
+    bad = [
+        (b'{"n": ' + HUGE + b"}", "n"),
+        (b'{"seed": ' + HUGE + b', "format": "npy"}', "seed"),
+        (b'{"seed": -' + HUGE + b"}", "seed"),
+        (b'{"latents": [[' + b"0," * 99 + HUGE + b"]]}", "latents[0][99]"),
+        (b'{"n": 1, "other": [' + HUGE + b"]}", "other"),
+    ]
+    cases = []
+    for i in range(40):  # 1 bad in 4, spread through the stream so batches mix them
+        if i % 4 == 3:
+            raw, field = bad[(i // 4) % len(bad)]
+            cases.append((raw, field))
+        else:
+            cases.append((json.dumps({"n": 1 + i % 2, "seed": i, "format": "npy"}).encode(), None))
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda c: post(server, raw=c[0], timeout=300), cases))
+    batches = []
+    for i, ((raw, field), r) in enumerate(zip(cases, responses)):
+        if field is None:
+            assert r.status_code == 200, (i, r.status_code, r.text[:200])
+            assert np.load(io.BytesIO(r.content)).shape == (1 + i % 2, *MEL.shape)
+            batches.append(int(r.headers["x-technogan-batch"]))
+        else:
+            assert r.status_code == 400, (i, r.status_code, r.text[:200])
+            assert r.json()["field"] == field
+    assert max(batches) > 1, f"no request was batched: {batches}"
+
+
+@pytest.mark.slow
+def test_an_8_mb_body_gets_our_json_413(server):
+    r = post(server, raw=b" " * (8 << 20))
+    assert r.status_code == 413 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["field"] == "body" and "over the limit of 1048576 bytes" in doc["error"]
+    assert post(server, {"seed": 1}).status_code == 200  # and the worker is fine
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/evil.mar", "https://example.com/evil.mar",
+                                 "file:///tmp/evil.mar"])
+def test_management_api_registers_nothing_outside_the_model_store(server, url):
+    # refused twice over: the model API is off (enable_model_api=false, 405), and were it
+    # turned on, allowed_urls admits nothing but our own archive
+    r = requests.post(f"{server.management_url}/models", params={"url": url, "model_name": "evil"}, timeout=30)
+    assert r.status_code == 405, r.text
+    names = [m["modelName"] for m in requests.get(f"{server.management_url}/models", timeout=10).json()["models"]]
+    assert names == ["technogan"]
+
+
+@pytest.mark.slow
+def test_technogan_serve_exits_with_the_workers_error_when_the_model_cannot_load(model_store, tmp_path):
+    """An archive whose weights do not match their meta: `technogan serve` must stop with
+    the worker's error, not leave TorchServe restarting workers and answering 500."""
+    import zipfile
+
+    import torch
+
+    from tests.serving.crafted import tamper
+
+    with zipfile.ZipFile(model_store / "technogan.mar") as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    (tmp_path / "g.pt").write_bytes(entries["generator.pt"])
+    payload = torch.load(tmp_path / "g.pt", weights_only=True)
+    meta = json.loads(payload["meta"])
+    bad = tamper(tmp_path / "g.pt", tmp_path / "bad.pt", resolution=128)  # the weights are 64x64
+    assert meta["resolution"] == 64
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(store / "technogan.mar", "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, bad.read_bytes() if name == "generator.pt" else data)
+    port = _free_base_port()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--model-store", str(store),
+                           "--port", str(port), "--workdir", str(tmp_path / "ts")],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "failed to load" in proc.stderr and "do not match" in proc.stderr, proc.stderr[-3000:]
+    for q in range(port, port + 5):  # and TorchServe is gone
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", q)) != 0
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "65532", "70000"])
+def test_technogan_serve_refuses_port_zero_and_out_of_range(tmp_path, port, capsys):
+    from pipeline.cli import main as cli_main
+
+    assert cli_main(["serve", "--model-store", str(tmp_path), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: must be between 1 and 65531" in err
+
+
+def _worker_pid(server) -> int:
+    workers = requests.get(f"{server.management_url}/models/technogan", timeout=10).json()[0]["workers"]
+    return int(workers[0]["pid"])
+
+
+def _kill_worker_mid_request(server, send):
+    """Run ``send()`` in a thread, SIGKILL the worker once the worker has the request,
+    and return what ``send`` returned. The worker log line says when it is in flight."""
+    model_log = server.workdir / "logs" / "model_log.log"
+    start = model_log.stat().st_size
+    pid = _worker_pid(server)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(send)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with open(model_log, "rb") as f:
+                f.seek(start)
+                if b"Backend received inference" in f.read():
+                    break
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        result = future.result(timeout=400)
+    server.wait_ready(240)  # TorchServe starts a new worker
+    assert _worker_pid(server) != pid
+    return result
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_request_and_the_client_resends(server):
+    slow = {"n": 8, "seed": 3, "format": "wav"}  # a second or more of Griffin-Lim: in flight when killed
+    r = _kill_worker_mid_request(server, lambda: post(server, slow, timeout=400))
+    # TorchServe's own answer (documented in the README): 507 when it has already seen exit
+    # code 137 (which it reads as out of memory), 500 when it has not yet: a race
+    assert r.status_code in (500, 507) and r.json()["message"] == "Worker died.", r.text[:300]
+
+    sent = []
+    session = requests.Session()
+    session.hooks["response"].append(lambda resp, *a, **k: sent.append(resp.status_code))
+    client = Client(server.inference_url, timeout=400, session=session)
+    wav = _kill_worker_mid_request(server, lambda: client.wav(**{k: v for k, v in slow.items() if k != "format"}))
+    assert wav[:4] == b"RIFF"
+    assert len(sent) == 2 and sent[0] in (500, 507) and sent[1] == 200  # answered by the resent request
+
+
+@pytest.mark.slow
+def test_allowed_urls_admit_only_our_archive_even_with_the_model_api_on(tmp_path, monkeypatch):
+    """allowed_urls is the second lock: turn the model API on and registering any URL but
+    <model-store>/technogan.mar is still refused by TorchServe itself."""
+    import serving.server as server_module
+    from pipeline.config import load_config
+    from serving.package import package
+    from tests.tracking.eval_runs import make_checkpoint
+
+    written = server_module.config_properties
+    monkeypatch.setattr(server_module, "config_properties", lambda *a, **k: written(*a, **k).replace(
+        "enable_model_api=false", "enable_model_api=true"))
+    config = load_config(None)
+    package(config, tmp_path / "store", checkpoint=str(make_checkpoint(tmp_path / "g.pt", resolution=32)))
+    with TorchServe(tmp_path / "store", tmp_path / "ts", config.serve, MEL, Ports.free()) as ts:
+        ours = "file://" + str((tmp_path / "store" / "technogan.mar").resolve())
+        for url in ("http://127.0.0.1:9/evil.mar", "file:///tmp/evil.mar", ours + ".evil", ours.replace(".mar", "Xmar")):
+            r = requests.post(f"{ts.management_url}/models", params={"url": url, "model_name": "evil"}, timeout=60)
+            assert r.status_code == 404 and "does not match any allowed URL" in r.json()["message"], (url, r.text)
+        r = requests.post(f"{ts.management_url}/models", params={"url": ours, "model_name": "evil"}, timeout=60)
+        assert "allowed URL" not in r.text  # our own archive passes the check (it is already registered)
+        names = [m["modelName"] for m in requests.get(f"{ts.management_url}/models", timeout=10).json()["models"]]
+        assert names == ["technogan"]
