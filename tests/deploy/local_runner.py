@@ -92,7 +92,9 @@ class Pod:
         if not paths:
             return text
         alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
-        return re.sub(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])",
+        # a mount path starts a word: "/data/x", "sqlite:////data/x", "--out=/data"; never
+        # inside another path ("/usr/tmp"); one pass, so replaced text is not rescanned
+        return re.sub(rf"(?<![\w.-])({alternatives})(?=/|$|[^\w.-])",
                       lambda m: str(paths[m.group(1)]), text)
 
     def env(self, container: dict[str, Any], paths: dict[str, Path],
@@ -111,6 +113,13 @@ class Pod:
         env.update(overrides or {})
         return env
 
+    def assert_local(self, strings: list[str], paths: dict[str, Path]) -> None:
+        """Nothing may still point at a container path (it would touch this machine's own /data)."""
+        for text in strings:
+            for mount in paths:
+                left = re.sub(re.escape(str(self.root)) + "|" + re.escape(str(self.claim)), "", text)
+                assert not re.search(rf"(?<![\w.-]){re.escape(mount)}(?=/|$|[^\w.-])", left), (mount, text)
+
     def argv(self, container: dict[str, Any], paths: dict[str, Path]) -> list[str]:
         argv = list(container.get("command") or []) + list(container.get("args") or [])
         assert argv, f"container {container['name']} relies on the image's entrypoint"
@@ -124,6 +133,7 @@ class Pod:
         cwd = self.root / f"cwd-{container['name']}"
         cwd.mkdir(exist_ok=True)
         argv = self.argv(container, paths)
+        self.assert_local(argv, paths)
         proc = subprocess.run(argv, cwd=cwd, env=self.env(container, paths, overrides),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)

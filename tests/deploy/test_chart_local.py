@@ -99,6 +99,8 @@ def test_cpu_small_preset_runs_end_to_end_and_serves_the_champion(tmp_path, rend
     pod = Pod(mlflow_dep["spec"]["template"]["spec"], tmp_path / "pod-mlflow", claim, configmaps, chart.NAMESPACE)
     container = pod.spec["containers"][0]
     argv = pod.argv(container, pod.path_map(container))
+    pod.assert_local(argv, pod.path_map(container))
+    assert any(a == f"sqlite:///{claim}/mlflow/mlflow.db" for a in argv), argv
     hosts = argv[argv.index("--allowed-hosts") + 1].split(",")
     svc_name, svc_port = mlflow_svc["metadata"]["name"], mlflow_svc["spec"]["ports"][0]["port"]
     assert svc_name in hosts and f"{svc_name}.{chart.NAMESPACE}.svc:{svc_port}" in hosts
@@ -137,6 +139,11 @@ def test_cpu_small_preset_runs_end_to_end_and_serves_the_champion(tmp_path, rend
                         continue
                     result = pod.run(c, overrides).check()
                     ran.append((pod.root.name, c["name"], result.returncode))
+                    if c["name"] == "train":
+                        # a retried (or preempted) pod: the same container continues the run
+                        again = pod.run(c, overrides).check()
+                        assert "resuming dcgan1" in again.output, again.output[-2000:]
+                        ran.append((pod.root.name, "train (retried pod, --resume)", again.returncode))
 
         # ---- the end state: dataset, runs in MLflow, champion, archive
         index = (claim / "mels" / "index.jsonl").read_text().splitlines()
@@ -204,6 +211,7 @@ def serve_champion(tmp_path: Path, deployments: dict, configmaps: dict, claim: P
     props.chmod(0o644)
     props.write_text(text)
     argv = pod.argv(container, paths)
+    pod.assert_local(argv, paths)
     log = tmp_path / "torchserve.log"
     proc = start_pod_process(pod, container, argv, {}, log)
     try:
@@ -226,3 +234,17 @@ def serve_champion(tmp_path: Path, deployments: dict, configmaps: dict, claim: P
         ran.append((pod.root.name, container["name"], 0))
     finally:
         stop(proc)
+
+
+def test_a_typo_in_a_rendered_argument_fails_the_run(tmp_path, rendered):
+    """The runner takes the chart's arguments as they are: one wrong flag is a failed step."""
+    jobs = chart.by_kind(rendered, "Job")
+    configmaps = {o["metadata"]["name"]: o["data"] for o in rendered if o["kind"] == "ConfigMap"}
+    spec = jobs["technogan-merge"]["spec"]["template"]["spec"]
+    (merge,) = spec["containers"]
+    broken = {**merge, "args": [a.replace("--config", "--cofnig") for a in merge["args"]]}
+    pod = Pod(spec, tmp_path / "pod", tmp_path / "claim", configmaps, chart.NAMESPACE)
+    result = pod.run(broken)
+    assert result.returncode == 2 and "unrecognized arguments: --cofnig" in result.output
+    with pytest.raises(AssertionError, match="exit 2"):
+        result.check()
