@@ -354,3 +354,21 @@ def test_bad_values_are_rejected_with_a_message_naming_them(values, message):
     with pytest.raises(helm_python.HelmValuesError) as err:
         chart.render(values)
     assert re.search(message, str(err.value), re.S), str(err.value)
+
+
+def test_every_value_is_documented_in_values_yaml_and_known_to_the_schema():
+    import json
+
+    lines = (chart.CHART / "values.yaml").read_text().splitlines()
+    keys = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^([A-Za-z][A-Za-z0-9]*):", line)
+        if m:
+            keys.append(m.group(1))
+            assert lines[i - 1].startswith("#") and len(lines[i - 1]) > 12, f"values.yaml: {m.group(1)} has no comment"
+            assert re.fullmatch(r"[a-z][a-zA-Z0-9]*", m.group(1)), f"{m.group(1)}: not camelCase"
+    schema = json.loads((chart.CHART / "values.schema.json").read_text())
+    assert sorted(keys) == sorted(schema["properties"]) == sorted(chart.preset("values.yaml"))
+    assert schema["additionalProperties"] is False
+    for preset in ("values-cpu-small.yaml", "values-study.yaml"):
+        assert set(chart.preset(preset)) <= set(keys)
