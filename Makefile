@@ -9,7 +9,7 @@ OUT ?= out/demo
 CONFIG ?= configs/quickstart.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system venv demo test bench clean
+.PHONY: setup system venv demo test test-fast lint bench clean
 
 setup: system venv
 
@@ -36,8 +36,19 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/technogan run --config $(CONFIG) --out $(OUT)
 
-test: setup
-	$(PY) -m pytest -q
+# make test: the linter, the type checker, then both tiers (fast first, so a broken
+# change fails within a minute or two; the slow tier trains and starts real servers)
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+# the fast tier alone: no servers, no training, about a minute; run it on every change
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -49,7 +49,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text)
             continue
         module = importlib.import_module(module_name)
+        # allow_abbrev=False: a truncated flag in a script or the Helm chart (`--merg`) is an
+        # error, not silently another flag
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           allow_abbrev=False,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)

@@ -8,6 +8,34 @@ import pytest
 
 from pipeline.config import MelConfig, SegmentConfig
 
+# The fast tier (`make test-fast`, `pytest -m "not slow"`) leaves out every test that trains
+# a generator, starts a server (TorchServe, mlflow server) or runs several processes:
+# those marked slow by hand, those using a fixture below, and whole modules below.
+SLOW_FIXTURES = {"trained_run", "champion_version", "model_store", "unpacked_archive", "handler",
+                 "small_store", "good_checkpoint", "runs", "encoder_dir", "server", "module_server"}
+SLOW_MODULES = {"test_train", "test_train_ddp", "test_runs_server", "test_server", "test_demo",
+                "test_chart_local", "test_mlflow_concurrency", "test_evaluate_run", "test_runs",
+                "test_registry"}
+# Single tests over a few seconds each (the fast tier stays under a minute on 2 cores).
+SLOW_TESTS = {"test_rendering_a_real_mel_gives_audio_with_that_mel",
+              "test_nnls_beats_pinv_on_spectral_convergence",
+              "test_a_model_resolution_real_mel_still_renders_close",
+              "test_tempo_in_range_and_audible_beat_at_that_tempo",
+              "test_resume_after_kill_duplicates_nothing",
+              "test_run_steps_evaluate_promote_and_render_the_champion",
+              "test_generate_cli_from_a_run_and_bad_formats",
+              "test_summary_prints_the_figures_format",
+              "test_cli_exit_codes"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        name = getattr(item, "originalname", item.name)
+        if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES
+                or name in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _no_env_uri(monkeypatch):

@@ -7,10 +7,6 @@ import pytest
 from tests.cluster.fake_k8s import FakeKube
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test that takes tens of seconds (real servers, several processes)")
-
-
 @pytest.fixture
 def kube():
     with FakeKube(namespace="technogan") as fake:

@@ -63,3 +63,11 @@ def test_models_refuses_an_unsupported_resolution(resolution, capsys):
 def test_models_prints_the_asked_resolution(capsys):
     assert main(["models", "--model", "dcgan1", "--resolution", "128"]) == 0
     assert "at 128x128" in capsys.readouterr().out
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    """`--merg` must not quietly mean `--merge` (a typo in a script or the chart would pass)."""
+    with pytest.raises(SystemExit) as e:
+        main(["segment", "--merg", "--out", "o"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --merg" in capsys.readouterr().err
