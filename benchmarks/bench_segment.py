@@ -98,7 +98,7 @@ def main() -> None:
         librosa.feature.melspectrogram(y=np.zeros(cfg.clip_samples, np.float32), sr=cfg.sample_rate)
         # best of --repeat rounds, interleaved so all three see the same machine
         t_decode = t_segment = t_naive = float("inf")
-        for r in range(args.repeat):
+        for _r in range(args.repeat):
             t_decode = min(t_decode, decode_only(files, cfg, args.workers))
             shutil.rmtree(work / "ds", ignore_errors=True)
             t0 = time.perf_counter()

@@ -224,8 +224,8 @@ class TrackedRun:
             raise ValueError("a TrackedRun needs exactly one of run_id and pending")
         self.client = client
         self.run_id = run_id
-        self.pending = dict(pending) if pending else None
-        self.key = run_id or self.pending["key"]
+        self.pending_create = dict(pending) if pending else None
+        self.key = run_id or self.pending_create["key"]
         self.uri = client.tracking_uri
         self.spool_dir = Path(spool_dir)
         self.max_backoff_s = max_backoff_s
@@ -347,7 +347,7 @@ class TrackedRun:
             try:
                 if self.run_id is None:
                     try:
-                        self.run_id = _create_run(self.client, self.pending)
+                        self.run_id = _create_run(self.client, self.pending_create)
                     except Exception as e:  # never dropped: retried, else spooled with its create record
                         raise RuntimeError(f"cannot create the run yet: {e}") from e
                     log.warning("tracking: %s answers; created run %s for %s, sending the queued records",
@@ -426,7 +426,7 @@ class TrackedRun:
             self._queue.clear()
         if left:
             if self.run_id is None:  # the replay creates the run first
-                left.insert(0, _Record("create", self.pending))
+                left.insert(0, _Record("create", self.pending_create))
             path = spool_records(self.spool_dir, self.uri, self.run_id or self.key, left)
             log.warning("tracking: %d record(s) not sent to %s; spooled to %s (sent on the next run or by "
                         "tracking.runs.flush_spool)", len(left), self.uri, path)

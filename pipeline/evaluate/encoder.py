@@ -91,7 +91,8 @@ class Encoder:
 def encoder_key(fingerprint: str, resolution: int, n_tracks: int, cfg: EvaluateConfig) -> str:
     """Cache key: the data and every setting that changes the trained weights."""
     settings = {"fingerprint": fingerprint, "resolution": resolution, "n_tracks": n_tracks,
-                "steps": cfg.encoder_steps, "batch_size": cfg.encoder_batch_size, "width": cfg.encoder_width, "embed_dim": cfg.encoder_embed_dim,
+                "steps": cfg.encoder_steps, "batch_size": cfg.encoder_batch_size,
+                "width": cfg.encoder_width, "embed_dim": cfg.encoder_embed_dim,
                 "lr": cfg.encoder_lr, "seed": cfg.seed, "format": ENCODER_FORMAT, "architecture": ARCHITECTURE}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -113,7 +113,7 @@ def plan(entries: list[PlaylistEntry], backend: Backend, config: ScrapeConfig, r
             failures[entry.url] = "invalid_url"
             continue
         try:
-            videos = retry.call(lambda: backend.list_videos(url), f"list {entry.url}")
+            videos = retry.call(lambda url=url: backend.list_videos(url), f"list {entry.url}")
         except ScrapeError as e:
             log.warning("cannot list %s: %s (%s)", entry.url, e.reason, short_text(e, 200))
             failures[entry.url] = e.reason if isinstance(e, PermanentError) else f"{e.reason}, transient"
@@ -310,7 +310,8 @@ def _is_done(prev: Optional[dict[str, Any]], out: Path) -> bool:
 
 
 def scrape(entries: list[PlaylistEntry], out: str | Path, backend: Backend, config: ScrapeConfig | None = None,
-           shard: Shard = Shard(), max_tracks: Optional[int] = None, dry_run: bool = False, retry_failed: bool = False,
+           shard: Shard = Shard(),  # noqa: B008 (a frozen dataclass: one shared default is safe)
+           max_tracks: Optional[int] = None, dry_run: bool = False, retry_failed: bool = False,
            retry: RetryPolicy | None = None, fetcher: HttpFetcher | None = None, progress: bool = True) -> Summary:
     """Scrape this shard's slice of the playlists into ``out``; returns the summary.
     Never raises for a single video's failure: it is recorded in the manifest and counted."""

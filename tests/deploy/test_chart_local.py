@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.deploy import chart
 from tests.deploy.local_runner import Pod, job_order, wait_targets

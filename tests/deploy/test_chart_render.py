@@ -106,7 +106,7 @@ def test_every_pod_is_non_root_read_only_and_without_privileges(variant, rendere
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_image_is_pinned(variant, rendered):
-    for obj, spec in pods(rendered[variant]):
+    for _obj, spec in pods(rendered[variant]):
         for c in containers(spec):
             image = c["image"]
             assert re.search(r"(:[\w][\w.-]*|@sha256:[0-9a-f]{64})$", image.split("/")[-1]), image
@@ -192,7 +192,7 @@ def test_jobs_wait_for_each_other_in_the_pipeline_order(variant, rendered):
     source = (chart.preset("values.yaml") | chart.VARIANTS[variant])["dataSource"]
     first = {"scrape": "technogan-scrape", "synth": "technogan-synth", "claim": "technogan-segment"}[source]
     assert order[0] == first
-    for name, job in jobs.items():
+    for job in jobs.values():
         spec = job["spec"]["template"]["spec"]
         waits = [c for c in spec.get("initContainers") or [] if c["name"] == "wait"]
         if waits:  # the wait containers read Jobs with the namespace from the downward API
@@ -238,7 +238,7 @@ def test_no_scrape_segments_the_audio_on_the_claim(rendered):
 def test_external_mlflow_comes_from_the_secret(rendered):
     objs = rendered["external-mlflow-secret"]
     assert "technogan-mlflow" not in chart.by_kind(objs, "Deployment")
-    for obj, spec in pods(objs):
+    for _obj, spec in pods(objs):
         for c in containers(spec):
             for e in c.get("env") or []:
                 if e["name"] == "MLFLOW_TRACKING_URI":

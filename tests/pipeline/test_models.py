@@ -227,7 +227,7 @@ def test_dcgan_loss_is_bce_with_the_non_saturating_generator_loss():
 def test_summary_prints_the_figures_format(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "models", "--model", "dcgan2", "--resolution", "128"],
                          capture_output=True, text=True, check=True).stdout
-    for i, t in enumerate(EXPECTED["dcgan2"][0].split() + EXPECTED["dcgan2"][1].split()):
+    for _i, t in enumerate(EXPECTED["dcgan2"][0].split() + EXPECTED["dcgan2"][1].split()):
         assert f"{t}-" in out
     assert "Conv2d-1 " in out and "Sigmoid-12 " in out and "Tanh-12 " in out
     assert "[-1, 1, 128, 128]" in out  # generator output at the chosen resolution

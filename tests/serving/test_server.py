@@ -317,7 +317,7 @@ def test_huge_integers_fail_alone_in_their_batch(server):
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda c: post(server, raw=c[0], timeout=300), cases))
     batches = []
-    for i, ((raw, field), r) in enumerate(zip(cases, responses)):
+    for i, ((_raw, field), r) in enumerate(zip(cases, responses)):
         if field is None:
             assert r.status_code == 200, (i, r.status_code, r.text[:200])
             assert np.load(io.BytesIO(r.content)).shape == (1 + i % 2, *MEL.shape)
