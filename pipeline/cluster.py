@@ -411,8 +411,8 @@ def main(args: argparse.Namespace) -> int:
                                retry_s=args.retry, report=_say)
         print(result.message, file=sys.stdout if result.code == EXIT_COMPLETE else sys.stderr, flush=True)
         return result.code
-    result = rollout(args.deployment, args.archive, namespace=args.namespace, kubeconfig=args.kubeconfig)
-    print(result.message, flush=True)
+    rolled = rollout(args.deployment, args.archive, namespace=args.namespace, kubeconfig=args.kubeconfig)
+    print(rolled.message, flush=True)
     return 0
 
 

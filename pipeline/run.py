@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pipeline.config import RunConfig, add_config_argument, config_from_args
 from pipeline.errors import UserError
@@ -25,7 +25,7 @@ class RunContext:
     config: RunConfig
     out: Path
     outputs: dict[str, str] = field(default_factory=dict)  # label -> path or URL
-    state: dict[str, object] = field(default_factory=dict)  # values later steps need
+    state: dict[str, Any] = field(default_factory=dict)  # values later steps need
 
     @property
     def audio_dir(self) -> Path:

@@ -136,7 +136,9 @@ class Engine:
 
         n = mels.shape[0]
         title = f"{n} generated mel spectrogram{'s' if n > 1 else ''}" + (f" (seed {seed})" if seed is not None else "")
-        return plot_mel_grid(mels.numpy(), self.mel_config, path=None, title=title)
+        png = plot_mel_grid(mels.numpy(), self.mel_config, path=None, title=title)
+        assert png is not None  # path=None: the picture comes back as bytes
+        return png
 
     def to_wav(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
         from pipeline.audio import wav_bytes

@@ -111,6 +111,7 @@ class TechnoganHandler(BaseHandler):
         results: list[Any] = list(data)
         start = 0
         for i, request in valid:
+            assert mels is not None  # there are valid requests, so there were latents
             results[i] = (request, mels[start:start + request.n], seeds[i])
             start += request.n
         timings.clips = start

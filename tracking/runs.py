@@ -184,7 +184,8 @@ def _take_batch(queue: collections.deque) -> list[_Record]:
     if first.kind in ("artifact", "terminate"):
         return [first]
     limit = MAX_METRICS_PER_BATCH if first.kind == "metrics" else _MAX_PARAMS_PER_BATCH
-    batch, size = [], 0
+    batch: list[_Record] = []
+    size = 0
     for r in queue:
         n = len(r.data)
         if r.kind != first.kind or (batch and size + n > limit):
@@ -225,7 +226,7 @@ class TrackedRun:
         self.client = client
         self.run_id = run_id
         self.pending_create = dict(pending) if pending else None
-        self.key = run_id or self.pending_create["key"]
+        self.key: str = run_id if run_id is not None else str(self.pending_create["key"])  # type: ignore[index]
         self.uri = client.tracking_uri
         self.spool_dir = Path(spool_dir)
         self.max_backoff_s = max_backoff_s
@@ -346,6 +347,7 @@ class TrackedRun:
                 batch = _take_batch(self._queue)
             try:
                 if self.run_id is None:
+                    assert self.pending_create is not None  # a run without an id always has its create record
                     try:
                         self.run_id = _create_run(self.client, self.pending_create)
                     except Exception as e:  # never dropped: retried, else spooled with its create record
@@ -388,6 +390,7 @@ class TrackedRun:
         if len(batch) == 1:
             log.warning("tracking: dropped a %s record the server refused: %s", batch[0].kind, error)
         else:
+            assert self.run_id is not None  # batches are sent only once the run exists
             for r in batch:
                 try:
                     _send(self.client, self.run_id, [r])

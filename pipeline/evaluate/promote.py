@@ -18,6 +18,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import add_config_argument, config_from_args
 from pipeline.errors import UserError
@@ -25,12 +26,15 @@ from pipeline.evaluate.evaluate import BASELINE_PREFIX, PREFIX
 from pipeline.evaluate.metrics import higher_is_better
 from pipeline.fsutil import atomic_write_text
 
+if TYPE_CHECKING:
+    from tracking.registry import RunRow
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Promotion:
-    winner: object  # tracking.registry.RunRow
+    winner: "RunRow"
     version: str
     model_name: str
     alias: str

@@ -196,5 +196,5 @@ def wgan_generator(cfg: ModelConfig, resolution: int) -> Generator:
 
 def layer_types(module: nn.Module) -> list[str]:
     """Type names of the leaf layers in forward order, as the figures list them."""
-    net = module.net if hasattr(module, "net") else module
+    net: nn.Module = getattr(module, "net", module)
     return [type(m).__name__ for m in net.modules() if not list(m.children())]

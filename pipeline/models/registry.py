@@ -34,6 +34,13 @@ class OptimDefaults:
     clip_value: Optional[float] = None
     gp_weight: Optional[float] = None
 
+    def required(self, key: str) -> float:
+        """A loss setting its model cannot train without (the spec's defaults always set it)."""
+        value = getattr(self, key)
+        if value is None:
+            raise ValueError(f"{key} is not set for this model")
+        return float(value)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -113,7 +120,7 @@ MODELS: dict[str, ModelSpec] = {
         description="WGAN with weight clipping: critic Figure 5, generator Figure 6; RMSprop 5e-5, clip 0.01",
         generator=networks.wgan_generator,
         critic=networks.wgan_critic,
-        loss=lambda s: losses.WGANClipLoss(clip_value=s.clip_value, n_critic=s.n_critic),
+        loss=lambda s: losses.WGANClipLoss(clip_value=s.required("clip_value"), n_critic=s.n_critic),
         defaults=OptimDefaults("rmsprop", 5e-5, n_critic=5, clip_value=0.01),
         generator_figure="figure6",
         critic_figure="figure5",
@@ -123,7 +130,7 @@ MODELS: dict[str, ModelSpec] = {
         description="WGAN with gradient penalty: critic Figure 5, generator Figure 6; Adam 1e-4, lambda 10",
         generator=networks.wgan_generator,
         critic=networks.wgan_critic,
-        loss=lambda s: losses.WGANGPLoss(gp_weight=s.gp_weight, n_critic=s.n_critic),
+        loss=lambda s: losses.WGANGPLoss(gp_weight=s.required("gp_weight"), n_critic=s.n_critic),
         defaults=OptimDefaults("adam", 1e-4, (0.5, 0.9), n_critic=5, gp_weight=10.0),
         generator_figure="figure6",
         critic_figure="figure5",

@@ -19,7 +19,7 @@ from pipeline.models.registry import MODELS, get_model
 
 def layer_table(module: nn.Module, example: torch.Tensor) -> list[tuple[str, list[int], int]]:
     """[(``Type-i``, output shape with -1 for the batch, parameter count)] of every leaf layer, in forward order."""
-    net = module.net if hasattr(module, "net") else module
+    net: nn.Module = getattr(module, "net", module)
     rows: list[tuple[str, list[int], int]] = []
     hooks = []
 

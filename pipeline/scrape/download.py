@@ -27,7 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import requests
 import urllib3
@@ -35,6 +35,7 @@ import urllib3
 from pipeline.config import ScrapeConfig
 from pipeline.scrape.backends import AudioSource, TransientError, http_error, short_text
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -70,7 +71,7 @@ class RetryPolicy:
             d = max(d, min(self.cap, retry_after))
         return d
 
-    def call(self, fn: Callable[[], object], what: str) -> object:
+    def call(self, fn: Callable[[], T], what: str) -> T:
         """Run ``fn``, retrying TransientErrors; PermanentErrors and the last TransientError propagate."""
         for attempt in range(1, self.retries + 2):
             try:

@@ -16,13 +16,14 @@ recorded size is not fetched again; a permanent failure is not retried (unless
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeGuard
 
 from tqdm import tqdm
 
@@ -113,7 +114,7 @@ def plan(entries: list[PlaylistEntry], backend: Backend, config: ScrapeConfig, r
             failures[entry.url] = "invalid_url"
             continue
         try:
-            videos = retry.call(lambda url=url: backend.list_videos(url), f"list {entry.url}")
+            videos = retry.call(functools.partial(backend.list_videos, url), f"list {entry.url}")
         except ScrapeError as e:
             log.warning("cannot list %s: %s (%s)", entry.url, e.reason, short_text(e, 200))
             failures[entry.url] = e.reason if isinstance(e, PermanentError) else f"{e.reason}, transient"
@@ -250,6 +251,7 @@ def download_one(c: Candidate, audio_dir: Path, backend: Backend, fetcher: HttpF
         if source.url is not None:
             fetcher.fetch(source, tmp, progress)  # continues a partial file from an earlier attempt
         else:
+            assert source.fetch is not None  # a source without a URL is fetched by its backend
             tmp.unlink(missing_ok=True)
             source.fetch(tmp)
         try:
@@ -299,7 +301,7 @@ def _recover(c: Candidate, audio_dir: Path, out: Path, config: ScrapeConfig) -> 
     return None
 
 
-def _is_done(prev: Optional[dict[str, Any]], out: Path) -> bool:
+def _is_done(prev: Optional[dict[str, Any]], out: Path) -> TypeGuard[dict[str, Any]]:
     if not prev or prev.get("status") != "done" or not prev.get("path"):
         return False
     p = out / prev["path"]

@@ -9,7 +9,7 @@ a checkpoint stopped, which is what makes ``--resume`` bit-exact.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Sized, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -50,22 +50,23 @@ class BatchStream:
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, rank: int = 0, world: int = 1,
                  cache: bool = True, workers: int = 0, pin_memory: bool = False, progress: bool = True):
         self.dataset = dataset
+        n_clips = len(cast(Sized, dataset))
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world = world
         self.workers = workers
         self.pin_memory = pin_memory
-        self.sampler = DistributedSampler(_Indices(len(dataset)), num_replicas=world, rank=rank, shuffle=True,
+        self.sampler: DistributedSampler[int] = DistributedSampler(_Indices(n_clips), num_replicas=world, rank=rank, shuffle=True,
                                           seed=seed, drop_last=True)
         self.batches_per_epoch = len(self.sampler) // batch_size
         if self.batches_per_epoch == 0:
-            raise UserError(f"the training set has {len(dataset)} clips: fewer than batch_size {batch_size} "
+            raise UserError(f"the training set has {n_clips} clips: fewer than batch_size {batch_size} "
                             f"x {world} process(es); lower train.batch_size or use more data")
         self.cached: torch.Tensor | None = None
         if cache:
             sample = dataset[0]
-            need = len(dataset) * sample.numel() * sample.element_size()
+            need = n_clips * sample.numel() * sample.element_size()
             if need <= CACHE_LIMIT_BYTES:
                 self.cached = cache_dataset(dataset, workers, progress and rank == 0)
             else:
@@ -82,6 +83,7 @@ class BatchStream:
         """(epoch, batch index, real mels [B, 1, R, R]) from position (epoch, batch) to the end of ``epochs``."""
         while epoch < epochs:
             chunks = self.epoch_batches(epoch)[batch:]
+            source: Iterator[torch.Tensor]
             if self.cached is not None:
                 source = (self.cached.index_select(0, ix) for ix in chunks)
             else:

@@ -151,7 +151,7 @@ class _SigtermFlag:
 
     def __init__(self) -> None:
         self.set = False
-        self._previous = None
+        self._previous: Any = None  # whatever handler was installed before
 
     def __enter__(self) -> "_SigtermFlag":
         if threading.current_thread() is threading.main_thread():

@@ -50,6 +50,7 @@ def gan_step(generator: nn.Module, critic: nn.Module, loss: GANLoss, opt_g: torc
         loss.after_critic_step(critic)
     numbers.update(numbers_d)
     opt_g.zero_grad(set_to_none=True)
+    assert fake is not None, "gan_step needs at least one real batch"
     with amp:
         g_loss, numbers_g = loss.generator_loss(critic, fake)
     g_loss.backward()
