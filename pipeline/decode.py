@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pipeline.config import MelConfig
 from pipeline.ffmpeg import ffmpeg_binary, ffmpeg_complaint, probe
 
 DECODERS = ("pyav", "soundfile", "ffmpeg")
@@ -256,7 +257,7 @@ def open_audio(path: Path, sr: int, decoder: str = "auto") -> tuple[str, Blocks]
 
 
 class ClipStream:
-    """Decode a file to mono float32 at ``sr`` and iterate over batches of whole clips
+    """Decode a file to mono float32 at ``cfg.sample_rate`` and iterate over batches of whole clips
     [K, clip_samples]; the trailing partial clip is dropped. A batch is a view of a
     reused buffer: use it before asking for the next one.
 
@@ -265,8 +266,9 @@ class ClipStream:
     ``error`` (why decoding failed or stopped early, else "").
     """
 
-    def __init__(self, path: Path, sr: int, clip_samples: int, batch_clips: int, decoder: str = "auto"):
-        self.path, self.sr, self.n, self.batch_clips, self.want = Path(path), sr, clip_samples, batch_clips, decoder
+    def __init__(self, path: Path, cfg: MelConfig, batch_clips: int, decoder: str = "auto"):
+        self.path, self.sr, self.n = Path(path), cfg.sample_rate, cfg.clip_samples
+        self.batch_clips, self.want = batch_clips, decoder
         self.samples = 0
         self.error = ""
         self.decoder = ""

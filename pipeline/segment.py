@@ -240,7 +240,7 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
             return FileResult(source, "duplicate", f"same audio as {display_name(done['source'])}", tid)
 
     shard_rel = f"shards/{tid}.f16"
-    stream = ClipStream(path, cfg.sample_rate, cfg.clip_samples, seg.batch_clips, seg.decoder)
+    stream = ClipStream(path, cfg, seg.batch_clips, seg.decoder)
     clips = silent = decoded = 0
     rows = []
     peak_floor = 10.0 ** (seg.silence_dbfs / 20.0)
@@ -397,13 +397,18 @@ def _settle_duplicates(results: list[FileResult], out: Path) -> list[FileResult]
     for tid, group in groups.items():
         if len(group) == 1 and group[0].status != "duplicate":
             continue
-        known = {read_json(p)["source"] for p in _parts_of(out, tid)} | {r.source for r in group}
+        known = {r.source for r in group}
+        for p in _parts_of(out, tid):
+            try:
+                known.add(read_json(p)["source"])
+            except UserError:
+                pass  # merge names the damaged record
         win = _winner(known)
-        decoded = next((r for r in group if r.status == "done"), None)
+        decoded = next(((r.clips, r.silent_clips, r.warnings) for r in group if r.status == "done"), None)
         for r in group:
             if r.source == win and decoded is not None:
                 r.status, r.reason = "done", ""
-                r.clips, r.silent_clips, r.warnings = decoded.clips, decoded.silent_clips, decoded.warnings
+                r.clips, r.silent_clips, r.warnings = decoded
             elif r.source != win:
                 r.status, r.reason, r.clips, r.silent_clips = "duplicate", f"same audio as {display_name(win)}", 0, 0
     return results

@@ -33,7 +33,8 @@ class Shard:
 
 
 def shard_of(key: str, count: int) -> int:
-    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    # surrogateescape: a file name that is not UTF-8 reaches us as lone surrogates (os.fsdecode)
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") % count
 
 

@@ -99,7 +99,7 @@ def test_stream_memory_is_bounded_whatever_the_file_length(tmp_path):
     sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 300 * 8000).astype(np.float32), 8000,
              subtype="PCM_16")
     for decoder in ("pyav", "soundfile", "ffmpeg"):
-        stream = ClipStream(path, CFG.sample_rate, CFG.clip_samples, batch_clips=4, decoder=decoder)
+        stream = ClipStream(path, CFG, batch_clips=4, decoder=decoder)
         tracemalloc.start()
         buffers, clips = set(), 0
         for batch in stream:
@@ -118,7 +118,7 @@ def test_a_file_no_decoder_can_open_says_why_for_each(tmp_path):
     with pytest.raises(OpenFailed) as e:
         open_audio(bad, CFG.sample_rate, "pyav")
     assert "pyav:" in str(e.value)
-    stream = ClipStream(bad, CFG.sample_rate, CFG.clip_samples, 4)
+    stream = ClipStream(bad, CFG, 4)
     assert list(stream) == [] and stream.samples == 0 and stream.error
 
 
@@ -129,7 +129,7 @@ def test_truncated_file_keeps_what_decoded_in_every_decoder(tmp_path):
     data = full.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     for decoder in ("pyav", "soundfile", "ffmpeg"):
-        stream = ClipStream(cut, CFG.sample_rate, CFG.clip_samples, 4, decoder)
+        stream = ClipStream(cut, CFG, 4, decoder)
         clips = sum(len(b) for b in stream)
         assert 1 <= clips <= 3, decoder
         assert stream.info["declared_seconds"] == pytest.approx(24.0, abs=0.1), decoder
