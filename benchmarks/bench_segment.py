@@ -41,12 +41,13 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+import soundfile as sf
 
 from pipeline.config import MelConfig, SegmentConfig
 from pipeline.decode import open_audio
 from pipeline.mel import log_mel
 from pipeline.segment import _worker_init, find_audio_files, segment
-from pipeline.synth import synthesize
+from pipeline.synth import synthesize, write_audio
 
 STUDY_HOURS = 250
 
@@ -111,7 +112,14 @@ def check_large_folder(work: Path, hours: float, fmt: str, cfg: MelConfig, worke
     src = work / "large"
     seconds = 300.0
     tracks = max(1, round(hours * 3600 / seconds))
-    synthesize(src, tracks=tracks, seconds=seconds, seed=11, fmt=fmt, progress=False)
+    # rendering is slow (~5x the encoding): render a few tracks, then write distinct mixes of them
+    bases = [sf.read(p, dtype="float32")[0].T for p in
+             synthesize(work / "large-bases", tracks=min(4, tracks), seconds=seconds, seed=11, progress=False)]
+    rng = np.random.default_rng(11)
+    for i in range(tracks):
+        a, b = bases[i % len(bases)], bases[(i + 1) % len(bases)]
+        mix = 0.7 * a + 0.3 * rng.uniform(0.2, 1.0) * np.roll(b, int(rng.integers(1, b.shape[1])), axis=1)
+        write_audio(src / f"mix-{i:04d}.{fmt}", mix, 44100, fmt)
     audio_s = tracks * seconds
     t0 = time.perf_counter()
     s = segment(src, work / "large-ds", cfg, SegmentConfig(workers=workers), progress=False)
@@ -161,7 +169,7 @@ def main() -> None:
             t, naive_clips = naive(files, cfg)
             best["naive"] = min(best["naive"], t)
             assert naive_clips == s.total_clips, (naive_clips, s.total_clips)
-        decoders = sorted(json.loads(line)["decoder"] for line in (work / "ds" / "tracks.jsonl").read_text().split())
+        decoders = sorted(json.loads(line)["decoder"] for line in (work / "ds" / "tracks.jsonl").read_text().splitlines())
 
         few = work / "few"
         few.mkdir()

@@ -115,7 +115,7 @@ class SegmentConfig(Section):
     silence_dbfs: float = Field(-60.0, le=0.0, description="clips whose peak is below this are skipped")
     batch_clips: int = Field(16, ge=1, le=1024, description="clips decoded and turned into mels at a time")
     decoder: Literal["auto", "pyav", "soundfile", "ffmpeg"] = Field(
-        "auto", description="auto: PyAV in process, then libsndfile, then the ffmpeg command line")
+        "auto", description="auto: libsndfile in process, then PyAV, then the ffmpeg command line")
 
 
 class DataConfig(Section):

@@ -1,6 +1,7 @@
 """Turn a folder of audio files into a dataset of 5 s log-mel spectrograms.
 
-Every audio file under the input folder is decoded by ffmpeg to mono at the mel
+Every audio file under the input folder is decoded in process (``pipeline.decode``:
+libsndfile, PyAV, the ffmpeg command line as the fallback) to mono at the mel
 config's sample rate, streamed in clip-sized blocks (memory stays bounded whatever
 the file length), cut into non-overlapping clips (the remainder is dropped), and
 each non-silent clip becomes a normalised log-mel [n_mels, n_frames] stored as
@@ -10,7 +11,7 @@ Dataset layout (``OUT``)::
 
     mel_config.json        the one mel config the dataset was made with
     shards/<track>.f16     raw float16 [clips, n_mels, n_frames], memory-mappable
-    parts/<track>.json     per-track record (its clips' index rows); present = done
+    parts/<track>-<name>.json  per-track, per-file-name record (its clips' index rows); present = done
     failures/<key>.json    files that could not be used in the latest attempt, with why
     index.jsonl            merged: one line per clip (track_id, source, sha256, clip,
                            start_s, shard, row)
@@ -526,7 +527,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
     p.add_argument("--silence-dbfs", type=float, help="skip clips whose peak is below this (default -60)")
     p.add_argument("--decoder", choices=("auto", *DECODERS),
-                   help="who decodes: auto (PyAV, then libsndfile, then the ffmpeg command line; default) or one")
+                   help="who decodes: auto (libsndfile, then PyAV, then the ffmpeg command line; default) or one")
     p.add_argument("--shard", help="I/N: process one slice (default: JOB_COMPLETION_INDEX / TECHNOGAN_SHARD_COUNT)")
     p.add_argument("--merge", action="store_true", help="only join the shards' parts into one index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
