@@ -170,6 +170,8 @@ class SegmentConfig(Section):
     workers: Optional[int] = Field(None, ge=1, le=512, description="None means all cores")
     silence_dbfs: float = Field(-60.0, le=0.0, description="clips whose peak is below this are skipped")
     batch_clips: int = Field(16, ge=1, le=1024, description="clips decoded and turned into mels at a time")
+    decoder: Literal["auto", "pyav", "soundfile", "ffmpeg"] = Field(
+        "auto", description="auto: libsndfile in process, then PyAV, then the ffmpeg command line")
 
 
 # The model resolutions the networks support (pipeline.models.networks builds them);

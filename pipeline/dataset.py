@@ -24,14 +24,30 @@ from pipeline.segment import STORE_DTYPE
 log = logging.getLogger(__name__)
 
 
+INDEX_KEYS = frozenset({"track_id", "source", "clip", "start_s", "shard", "row"})
+
+
 def read_index(root: str | Path) -> list[dict]:
     """The merged clip index of a dataset folder, one dict per clip."""
     path = Path(root) / "index.jsonl"
     if not path.is_file():
         raise UserError(f"{root} has no index.jsonl: segment audio into it first "
                         "(technogan segment --input AUDIO --out DIR), or merge shards (--merge)")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, "rb") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise UserError(f"{path} line {no} is not JSON ({e}): rebuild the index with "
+                                f"technogan segment --merge --out {root}") from None
+            if not isinstance(row, dict) or not INDEX_KEYS <= row.keys():
+                raise UserError(f"{path} line {no} is not a clip row (needs {', '.join(sorted(INDEX_KEYS))}): "
+                                f"rebuild the index with technogan segment --merge --out {root}")
+            rows.append(row)
+    return rows
 
 
 class MelDataset(Dataset):
@@ -69,7 +85,28 @@ class MelDataset(Dataset):
                 log.warning("max_samples %d exceeds the %d clips in %s: using all of them",
                             max_samples, self.available, self.root)
             self.indices = np.arange(self.available)
-        self._maps: dict[int, np.memmap] = {}
+        self._check_shards(rows)
+        self._maps: dict[int, np.ndarray] = {}
+
+    def _check_shards(self, rows: list[dict]) -> None:
+        """Every shard the index names exists and holds the rows it is asked for: a
+        deleted or cut-short shard is a clear error now, not a crash mid-training."""
+        row_bytes = int(np.prod(self.mel_config.shape)) * np.dtype(STORE_DTYPE).itemsize
+        needed = np.zeros(len(self.shards), np.int64)
+        np.maximum.at(needed, self._shard, self._row + 1)
+        for shard, n in zip(self.shards, needed):
+            if not isinstance(shard, str) or not shard.startswith("shards/") or ".." in Path(shard).parts:
+                raise UserError(f"{self.root / 'index.jsonl'} names a shard outside {self.root / 'shards'}: "
+                                f"{shard!r}")
+            path = self.root / shard
+            try:
+                size = path.stat().st_size
+            except (FileNotFoundError, NotADirectoryError):
+                raise UserError(f"{path} is missing but {self.root / 'index.jsonl'} lists clips in it: "
+                                "segment the audio again into this folder") from None
+            if size % row_bytes or size // row_bytes < n:
+                raise UserError(f"{path} is truncated or damaged ({size} bytes; the index needs {n} clips of "
+                                f"{row_bytes} bytes): delete it and its parts/ record, then segment again")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -87,7 +124,7 @@ class MelDataset(Dataset):
         """Content hash of the index: names the exact data a run trained on."""
         return hashlib.sha256((self.root / "index.jsonl").read_bytes()).hexdigest()[:16]
 
-    def _map(self, shard: int) -> np.memmap:
+    def _map(self, shard: int) -> np.ndarray:
         # opened lazily, per process: DataLoader workers each get their own maps
         m = self._maps.get(shard)
         if m is None:

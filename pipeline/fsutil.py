@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +23,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
+    # the owner tag lets remove_dead_temps tell a live writer's temp from a dead one's
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + owner_tag(), dir=final.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should read like any file
     tmp_path = Path(tmp)
@@ -69,3 +73,60 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# A temp file that would be older than this if its writer were alive is garbage: a
+# writer touches its temp at least every few seconds (every batch of clips).
+STALE_TEMP_SECONDS = 3600.0
+_OWNER = re.compile(r"@([^@/]+)@(\d+)@[^@]*$")
+
+
+def owner_tag() -> str:
+    """``@<host>@<pid>@``, for temp names: who is writing the file. The host is the pod
+    name under Kubernetes, so pods sharing a volume never mistake each other's pids."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "localhost"
+    return f"@{host}@{os.getpid()}@"
+
+
+def owned_temp(folder: str | os.PathLike, name: str) -> Path:
+    """A temp path in ``folder`` for writing ``name``, tagged with this process as its owner."""
+    return Path(folder) / f"{TMP_PREFIX}{name}{owner_tag()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_dead_temps(folder: str | os.PathLike, stale_after_s: float = STALE_TEMP_SECONDS) -> int:
+    """Delete the temp files in ``folder`` whose writer is gone; returns how many.
+
+    Safe while other processes, on this machine or other pods sharing the volume, are
+    writing into the same folder: a temp is removed only if its owner tag names a
+    process on this host that no longer exists, or it has not been written to for
+    ``stale_after_s`` (the only test that works across hosts, where pids mean nothing).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    host_tag = owner_tag().split("@")[1]
+    now = time.time()
+    n = 0
+    for p in root.glob(TMP_PREFIX + "*"):
+        m = _OWNER.search(p.name)
+        try:
+            if m and m.group(1) == host_tag and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+                dead = True
+            else:
+                dead = now - p.stat().st_mtime > stale_after_s
+            if dead:
+                p.unlink()
+                n += 1
+        except FileNotFoundError:
+            pass  # its writer renamed or removed it meanwhile
+    return n

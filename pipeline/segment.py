@@ -1,6 +1,7 @@
 """Turn a folder of audio files into a dataset of 5 s log-mel spectrograms.
 
-Every audio file under the input folder is decoded by ffmpeg to mono at the mel
+Every audio file under the input folder is decoded in process (``pipeline.decode``:
+libsndfile, PyAV, the ffmpeg command line as the fallback) to mono at the mel
 config's sample rate, streamed in clip-sized blocks (memory stays bounded whatever
 the file length), cut into non-overlapping clips (the remainder is dropped), and
 each non-silent clip becomes a normalised log-mel [n_mels, n_frames] stored as
@@ -10,7 +11,7 @@ Dataset layout (``OUT``)::
 
     mel_config.json        the one mel config the dataset was made with
     shards/<track>.f16     raw float16 [clips, n_mels, n_frames], memory-mappable
-    parts/<track>.json     per-track record (its clips' index rows); present = done
+    parts/<track>-<name>.json  per-track, per-file-name record (its clips' index rows); present = done
     failures/<key>.json    files that could not be used in the latest attempt, with why
     index.jsonl            merged: one line per clip (track_id, source, sha256, clip,
                            start_s, shard, row)
@@ -32,21 +33,19 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import re
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import MelConfig, SegmentConfig, load_config
 from pipeline.errors import UserError
-from pipeline.fsutil import TMP_PREFIX, atomic_write_text, remove_stale_temps, sha256_file
+from pipeline.decode import DECODERS, ClipStream
+from pipeline.fsutil import TMP_PREFIX, atomic_write_text, owned_temp, remove_dead_temps, sha256_file
 from pipeline.mel import log_mel
 from pipeline.shard import Shard, parse_shard
 
@@ -111,10 +110,10 @@ class SegmentSummary:
         for title, items in (("skipped", self.skipped), ("failed", self.failures)):
             if items:
                 lines.append(f"{title} ({len(items)}):")
-                lines += [f"  {src}: {why}" for src, why in sorted(items.items())]
+                lines += [f"  {display_name(src)}: {why}" for src, why in sorted(items.items())]
         if self.warnings:
             lines.append(f"warnings ({len(self.warnings)}):")
-            lines += [f"  {src}: {'; '.join(w)}" for src, w in sorted(self.warnings.items())]
+            lines += [f"  {display_name(src)}: {'; '.join(w)}" for src, w in sorted(self.warnings.items())]
         return "\n".join(lines)
 
 
@@ -161,102 +160,6 @@ def _wav_declared_seconds(path: Path) -> float | None:
     return None
 
 
-_CHANNEL_LAYOUTS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "4.1": 5, "5.0": 5,
-                    "5.1": 6, "6.0": 6, "6.1": 7, "7.0": 7, "7.1": 8}
-
-
-def parse_ffmpeg_input(stderr: str) -> dict:
-    """Codec, channels, sample rate and declared duration of the first audio stream,
-    from ffmpeg's ``-v info`` description of its input."""
-    info = {"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": float("nan")}
-    if m := re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", stderr):
-        h, mi, sec = m.groups()
-        info["declared_seconds"] = int(h) * 3600 + int(mi) * 60 + float(sec)
-    if m := re.search(r"Stream #0:\d+.*?: Audio: ([^,\s]+)[^,]*, (\d+) Hz, ([^,]+)", stderr):
-        codec, rate, layout = m.groups()
-        layout = layout.strip().split("(")[0]
-        n = re.match(r"(\d+) channels", layout)
-        info.update(codec=codec, sample_rate=int(rate),
-                    channels=int(n.group(1)) if n else _CHANNEL_LAYOUTS.get(layout, 0))
-    return info
-
-
-_COMPLAINT = re.compile(r"could not|invalid|failed|error|no such|matches no streams|does not contain|unsupported",
-                        re.IGNORECASE)
-
-
-def ffmpeg_complaint(stderr: str) -> str:
-    """The first line of ffmpeg's stderr that says what is wrong, without the [demuxer @ 0x..] prefix."""
-    lines = [re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", ln.strip()) for ln in stderr.splitlines() if ln.strip()]
-    for ln in lines:
-        if _COMPLAINT.search(ln):
-            return ln
-    return lines[-1] if lines else "no message"
-
-
-def _grow_pipe(fd: int) -> None:
-    """A 1 MiB pipe instead of 64 KiB: ffmpeg blocks, and both sides switch, 16x less often."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default still works
-
-
-class ClipStream:
-    """Decode a file with ffmpeg to mono float32 at ``cfg.sample_rate`` and iterate over
-    batches of whole clips [K, clip_samples]; the trailing partial clip is dropped. A
-    batch is a view of a reused buffer: use it before asking for the next one.
-
-    After iteration: ``samples`` decoded in total and ``error`` (ffmpeg's last
-    complaint when it exited non-zero, else "").
-    """
-
-    def __init__(self, path: Path, cfg: MelConfig, batch_clips: int):
-        self.path, self.cfg, self.batch_clips = path, cfg, batch_clips
-        self.samples = 0
-        self.error = ""
-        self.info: dict = {}
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        from pydub.utils import get_encoder_name
-
-        # -v info: ffmpeg describes the input (codec, rate, channels, duration) on stderr,
-        # which saves a separate ffprobe process per file
-        cmd = [get_encoder_name(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-i", str(self.path),
-               "-map", "0:a:0", "-ac", "1", "-ar", str(self.cfg.sample_rate), "-f", "f32le", "-"]
-        n = self.cfg.clip_samples
-        block = n * 4 * self.batch_clips
-        # stderr to a file, not a pipe: a file full of errors must not block ffmpeg
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-            _grow_pipe(proc.stdout.fileno())
-            # one buffer, filled in place and reused: each yielded batch is valid until the next
-            buf = bytearray(block)
-            view = memoryview(buf)
-            try:
-                filled = 0
-                while got := proc.stdout.readinto(view[filled:]):
-                    filled += got
-                    self.samples += got // 4
-                    if filled == block:
-                        yield np.frombuffer(buf, dtype="<f4").reshape(self.batch_clips, n)
-                        filled = 0
-                whole = filled // (4 * n)
-                if whole:
-                    yield np.frombuffer(buf, dtype="<f4", count=whole * n).reshape(whole, n)
-            finally:
-                view.release()
-                proc.stdout.close()
-                rc = proc.wait()
-            err.seek(0)
-            text = err.read().decode("utf-8", "replace")
-            self.info = parse_ffmpeg_input(text)
-            if rc != 0:
-                self.error = f"ffmpeg exited with {rc}: {ffmpeg_complaint(text)}"
-
-
 # ----------------------------------------------------------------------------- one file
 
 
@@ -264,8 +167,44 @@ def _track_id(sha: str) -> str:
     return sha[:16]
 
 
-def _failure_key(source: str) -> str:
-    return hashlib.sha1(source.encode()).hexdigest()[:16]
+def source_bytes(source: str) -> bytes:
+    """A relative path as the file system spells it. Names that are not valid UTF-8 are
+    carried in str as lone surrogates (``os.fsdecode``); this undoes that."""
+    return source.encode("utf-8", "surrogateescape")
+
+
+def display_name(source: str) -> str:
+    """A source path printable on any terminal: undecodable bytes shown as ``\\xe9``."""
+    return source_bytes(source).decode("utf-8", "backslashreplace")
+
+
+def _source_key(source: str) -> str:
+    return hashlib.sha1(source_bytes(source)).hexdigest()[:16]
+
+
+_failure_key = _source_key
+
+
+def _part_path(out: Path, tid: str, source: str) -> Path:
+    # one part per (audio, name): two names of one audio never write the same file,
+    # and merge picks the name that indexes the track by order, not by who finished first
+    return out / "parts" / f"{tid}-{_source_key(source)}.json"
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object written by this module; UserError naming the file if it is not one."""
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); delete it and run segment again") from None
+    if not isinstance(doc, dict) or "source" not in doc:
+        raise UserError(f"{path} is not a segment record (no 'source'); delete it and run segment again")
+    return doc
+
+
+def _parts_of(out: Path, tid: str) -> list[Path]:
+    """Every part of track ``tid`` (``<tid>.json`` is the layout before per-name parts)."""
+    return sorted((out / "parts").glob(f"{tid}-*.json")) + [p for p in [out / "parts" / f"{tid}.json"] if p.exists()]
 
 
 def process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: SegmentConfig) -> FileResult:
@@ -288,20 +227,26 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
         return FileResult(source, "failed", "empty file (0 bytes)")
     sha = sha256_file(path)
     tid = _track_id(sha)
-    part_path = out / "parts" / f"{tid}.json"
-    if part_path.exists():
-        done = json.loads(part_path.read_text())
-        if done.get("source") != source:
-            return FileResult(source, "duplicate", f"same audio as {done.get('source')}", tid)
-        return FileResult(source, "already", "", tid)
+    part_path = _part_path(out, tid, source)
+    for existing in _parts_of(out, tid):
+        try:
+            done = read_json(existing)
+        except UserError:
+            continue  # a damaged record: redo the work, merge names the file
+        if done.get("source") == source:
+            return FileResult(source, "already", "", tid)
+        if "rows" in done:
+            # the same audio under another name: its clips are this file's clips, no need to decode
+            atomic_write_text(part_path, json.dumps({**done, "source": source}) + "\n")
+            return FileResult(source, "duplicate", f"same audio as {display_name(done['source'])}", tid)
 
     shard_rel = f"shards/{tid}.f16"
-    stream = ClipStream(path, cfg, seg.batch_clips)
+    stream = ClipStream(path, cfg, seg.batch_clips, seg.decoder)
     clips = silent = decoded = 0
-    rows = []
+    rows: list[dict[str, Any]] = []
     peak_floor = 10.0 ** (seg.silence_dbfs / 20.0)
     # the shard is written under a temp name and renamed only when complete
-    tmp_shard = out / "shards" / f"{TMP_PREFIX}{tid}.{os.getpid()}.f16"
+    tmp_shard = owned_temp(out / "shards", f"{tid}.f16")
     try:
         with open(tmp_shard, "wb") as fh:
             for batch in stream:  # [K, clip_samples]
@@ -332,7 +277,7 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
         if not path.exists():
             raise FileNotFoundError(path)
         if stream.samples == 0:
-            what = "not audio" if info["sample_rate"] == 0 else "decode error"
+            what = "not audio" if not stream.decoder or info["sample_rate"] == 0 else "decode error"
             return FileResult(source, "failed", f"{what}: {stream.error}", tid)
         warnings.append(f"decode error after {decoded_s:.1f} s, kept what decoded: {stream.error}")
     declared = info["declared_seconds"]
@@ -349,7 +294,8 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
     record = {
         "track_id": tid, "source": source, "sha256": sha, "bytes": size, "status": status, "reason": reason,
         "shard": shard_rel if clips else None, "clips": clips, "silent_clips": silent,
-        "decoded_seconds": round(decoded_s, 3), **info, "warnings": warnings, "rows": rows,
+        "decoded_seconds": round(decoded_s, 3), **info, "decoder": stream.decoder, "warnings": warnings,
+        "rows": rows,
     }
     atomic_write_text(part_path, json.dumps(record) + "\n")
     return FileResult(source, status, reason, tid, clips, silent, decoded_s, warnings)
@@ -410,24 +356,75 @@ def segment(
     if not files:
         raise UserError(f"no audio files under {src} (looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
     _prepare_out(out, cfg)
-    tasks = [(p, p.relative_to(src).as_posix(), out, cfg, seg) for p in files]
+    tasks = [(p, os.fsdecode(p.relative_to(src)).replace(os.sep, "/"), out, cfg, seg) for p in files]
+    _forget_failures_of_removed_files(out, {t[1] for t in tasks}, shard)
     tasks = [t for t in tasks if shard.owns(t[1])]
     workers = min(seg.workers or os.cpu_count() or 1, max(1, len(tasks)))
     log.info("segmenting %d files (shard %s) from %s into %s with %d workers", len(tasks), shard, src, out, workers)
 
-    summary = SegmentSummary()
+    running = SegmentSummary()
+    results = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(tasks), desc=f"segment {shard}", unit="file", disable=not progress)
     for result in _run_tasks(tasks, workers):
-        summary.add(result)
+        results.append(result)
+        running.add(result)
         bar.update(1)
-        bar.set_postfix(clips=summary.new_clips, failed=summary.by_status["failed"], refresh=False)
+        bar.set_postfix(clips=running.new_clips, failed=running.by_status["failed"], refresh=False)
     bar.close()
+    summary = SegmentSummary()
+    for result in sorted(_settle_duplicates(results, out), key=lambda r: source_bytes(r.source)):
+        summary.add(result)
     summary.wall_seconds = time.perf_counter() - t0
     if shard.count == 1:
         merged = merge(out)
         summary.total_clips, summary.total_tracks = merged["clips"], merged["tracks"]
     return summary
+
+
+def _winner(sources) -> str:
+    """The name that indexes a track stored under several: the first in byte order."""
+    return min(sources, key=source_bytes)
+
+
+def _settle_duplicates(results: list[FileResult], out: Path) -> list[FileResult]:
+    """Statuses that do not depend on which worker finished first: of the names of one
+    audio, the winner (as merge picks it) is ``done`` if anyone decoded it in this run,
+    every other name is a ``duplicate`` of the winner."""
+    groups: dict[str, list[FileResult]] = {}
+    for r in results:
+        if r.track_id and r.status in ("done", "duplicate", "already"):
+            groups.setdefault(r.track_id, []).append(r)
+    for tid, group in groups.items():
+        if len(group) == 1 and group[0].status != "duplicate":
+            continue
+        known = {r.source for r in group}
+        for p in _parts_of(out, tid):
+            try:
+                known.add(read_json(p)["source"])
+            except UserError:
+                pass  # merge names the damaged record
+        win = _winner(known)
+        decoded = next(((r.clips, r.silent_clips, r.warnings) for r in group if r.status == "done"), None)
+        for r in group:
+            if r.source == win and decoded is not None:
+                r.status, r.reason = "done", ""
+                r.clips, r.silent_clips, r.warnings = decoded
+            elif r.source != win:
+                r.status, r.reason, r.clips, r.silent_clips = "duplicate", f"same audio as {display_name(win)}", 0, 0
+    return results
+
+
+def _forget_failures_of_removed_files(out: Path, sources: set[str], shard: Shard) -> None:
+    """A failure record names a file in the input; once that file is gone, so is the record
+    (each shard forgets only names it owns: another pod may see another listing)."""
+    for p in (out / "failures").glob("*.json"):
+        try:
+            source = read_json(p)["source"]
+        except UserError:
+            continue  # merge names the damaged file
+        if source not in sources and shard.owns(source):
+            p.unlink(missing_ok=True)
 
 
 def _run_tasks(tasks: list[tuple], workers: int) -> Iterable[FileResult]:
@@ -443,9 +440,14 @@ def _run_tasks(tasks: list[tuple], workers: int) -> Iterable[FileResult]:
 
 
 def _prepare_out(out: Path, cfg: MelConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("shards", "parts", "failures"):
-        (out / sub).mkdir(exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a folder for the dataset")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for sub in ("shards", "parts", "failures"):
+            (out / sub).mkdir(exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise UserError(f"cannot make the dataset folder {out}: {e.filename} is a file") from None
     cfg_path = out / "mel_config.json"
     if cfg_path.exists():
         existing = MelConfig.load(cfg_path)
@@ -455,7 +457,8 @@ def _prepare_out(out: Path, cfg: MelConfig) -> None:
                             + ", ".join(f"{k} {a} != {b}" for k, (a, b) in diff.items()) + "); use a new --out")
     else:
         cfg.save(cfg_path)
-    removed = remove_stale_temps(out / "shards") + remove_stale_temps(out / "parts")
+    # only files whose writer is dead: other shards may be writing into this folder right now
+    removed = remove_dead_temps(out / "shards") + remove_dead_temps(out / "parts")
     if removed:
         log.info("removed %d partial files left by an interrupted run", removed)
 
@@ -469,12 +472,22 @@ def merge(out_dir: str | Path) -> dict:
     out = Path(out_dir)
     if not (out / "mel_config.json").is_file():
         raise UserError(f"{out} is not a segmented dataset (no mel_config.json)")
-    parts = []
-    for p in sorted((out / "parts").glob("*.json")):
-        parts.append(json.loads(p.read_text()))
-    parts.sort(key=lambda r: (r["source"], r["track_id"]))
-    index_lines, track_lines = [], []
+    by_track: dict[str, dict] = {}
     skipped = {}
+    for p in sorted((out / "parts").glob("*.json")):
+        r = read_json(p)
+        if not {"track_id", "rows", "status", "reason", "clips"} <= r.keys():
+            raise UserError(f"{p} is not a complete segment record; delete it and run segment again")
+        by_track.setdefault(r["track_id"], {})[r["source"]] = r
+    parts = []
+    for named in by_track.values():
+        win = _winner(named)
+        parts.append(named[win])
+        for source in named:
+            if source != win:
+                skipped[source] = f"same audio as {display_name(win)}"
+    parts.sort(key=lambda r: (source_bytes(r["source"]), r["track_id"]))
+    index_lines, track_lines = [], []
     for r in parts:
         rows = r.pop("rows")
         track_lines.append(json.dumps(r, sort_keys=True))
@@ -487,8 +500,8 @@ def merge(out_dir: str | Path) -> dict:
             }, sort_keys=True))
     failures = {}
     for p in sorted((out / "failures").glob("*.json")):
-        f = json.loads(p.read_text())
-        failures[f["source"]] = f["reason"]
+        f = read_json(p)
+        failures[f["source"]] = f.get("reason", "")
     atomic_write_text(out / "index.jsonl", "".join(line + "\n" for line in index_lines))
     atomic_write_text(out / "tracks.jsonl", "".join(line + "\n" for line in track_lines))
     report = {
@@ -513,6 +526,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML preset whose mel/segment sections to use (default: built-in)")
     p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
     p.add_argument("--silence-dbfs", type=float, help="skip clips whose peak is below this (default -60)")
+    p.add_argument("--decoder", choices=("auto", *DECODERS),
+                   help="who decodes: auto (libsndfile, then PyAV, then the ffmpeg command line; default) or one")
     p.add_argument("--shard", help="I/N: process one slice (default: JOB_COMPLETION_INDEX / TECHNOGAN_SHARD_COUNT)")
     p.add_argument("--merge", action="store_true", help="only join the shards' parts into one index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -526,7 +541,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.input:
         raise UserError("--input is required (or --merge)")
-    cfg = load_config(args.config, {"segment.workers": args.workers, "segment.silence_dbfs": args.silence_dbfs})
+    cfg = load_config(args.config, {"segment.workers": args.workers, "segment.silence_dbfs": args.silence_dbfs,
+                                     "segment.decoder": args.decoder})
     try:
         shard = parse_shard(args.shard)
     except ValueError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Mapping
 from dataclasses import dataclass
 
 SHARD_COUNT_ENV = "TECHNOGAN_SHARD_COUNT"
@@ -33,23 +34,24 @@ class Shard:
 
 
 def shard_of(key: str, count: int) -> int:
-    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    # surrogateescape: a file name that is not UTF-8 reaches us as lone surrogates (os.fsdecode)
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") % count
 
 
-def parse_shard(text: str | None, env: dict | None = None) -> Shard:
+def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> Shard:
     """``"I/N"`` -> Shard. Without text, use JOB_COMPLETION_INDEX and TECHNOGAN_SHARD_COUNT."""
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if text:
         try:
             i, n = text.split("/")
             return Shard(int(i), int(n))
         except ValueError as e:
             raise ValueError(f"--shard must look like I/N with 0 <= I < N, got {text!r} ({e})") from None
-    if "JOB_COMPLETION_INDEX" in env:
+    if "JOB_COMPLETION_INDEX" in environ:
         try:
-            count = int(env.get(SHARD_COUNT_ENV, "0"))
-            index = int(env["JOB_COMPLETION_INDEX"])
+            count = int(environ.get(SHARD_COUNT_ENV, "0"))
+            index = int(environ["JOB_COMPLETION_INDEX"])
         except ValueError as e:
             raise ValueError(f"bad JOB_COMPLETION_INDEX / {SHARD_COUNT_ENV}: {e}") from None
         if count < 1:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from pydantic import ValidationError
 from scipy import signal
 from tqdm import tqdm
 
+from pipeline.config import SynthConfig
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_path, atomic_write_text
 
@@ -35,13 +37,13 @@ class TrackInfo:
     seed: int
     index: int
     bpm: float
-    root_midi: int
+    root_midi: int | float  # a whole MIDI note; float where a track's key was drawn in between
     seconds: float
     sample_rate: int
 
 
-def _midi_hz(m: np.ndarray | float) -> np.ndarray | float:
-    return 440.0 * 2.0 ** ((np.asarray(m) - 69) / 12.0)
+def _midi_hz(m: np.ndarray | float) -> np.ndarray:
+    return np.asarray(440.0 * 2.0 ** ((np.asarray(m) - 69) / 12.0))
 
 
 def _env(n: int, sr: int, decay_s: float, attack_s: float = 0.001) -> np.ndarray:
@@ -221,10 +223,19 @@ def synthesize(
     (each track's tempo and key). Tracks already there are kept, so re-running is free."""
     if fmt not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if tracks < 1 or seconds <= 0:
-        raise UserError(f"need tracks >= 1 and seconds > 0, got tracks={tracks}, seconds={seconds}")
+    # the one set of bounds: SynthConfig's, as a YAML preset gets them
+    try:
+        SynthConfig(tracks=tracks, seconds=seconds, seed=seed, format=fmt, sample_rate=sample_rate, channels=channels)
+    except ValidationError as e:
+        raise UserError("synth: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+                                              for err in e.errors())) from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise UserError(f"cannot make the folder {out}: {e.filename} is a file") from None
     infos: list[TrackInfo] = []
     paths: list[Path] = []
     for i in tqdm(range(tracks), desc="synth", unit="track", disable=not progress):

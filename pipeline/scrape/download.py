@@ -207,7 +207,7 @@ def _ffmpeg() -> str:
 
 def verify_audio(path: Path, listed_duration: Optional[float], tolerance: float) -> AudioCheck:
     """Raise VerifyError unless ``path`` fully decodes and its duration matches the listing."""
-    from pipeline.segment import ffmpeg_complaint, parse_ffmpeg_input
+    from pipeline.ffmpeg import ffmpeg_complaint, parse_ffmpeg_input
 
     # one ffmpeg run: it describes the input on stderr (codec) and decodes everything,
     # failing on the first corrupt frame; the duration is what was actually decoded

@@ -1,3 +1,7 @@
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +70,41 @@ def test_not_a_dataset_or_bad_resolution(tmp_path, small_dataset):
         MelDataset(tmp_path)
     with pytest.raises(UserError, match="power of two"):
         MelDataset(small_dataset, resolution=48)
+
+
+def _copy(small_dataset, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(small_dataset, tmp_path / "ds"))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "one byte short", "outside"])
+def test_a_deleted_or_truncated_shard_is_a_clear_error(small_dataset, tmp_path, damage):
+    ds = _copy(small_dataset, tmp_path)
+    rows = read_index(ds)
+    shard = ds / rows[-1]["shard"]
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "one byte short":
+        shard.write_bytes(shard.read_bytes()[:-1])
+    else:
+        lines = (ds / "index.jsonl").read_text().splitlines()
+        row = json.loads(lines[-1])
+        row["shard"] = "../../etc/passwd"
+        (ds / "index.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(row)]) + "\n")
+        shard = row["shard"]
+    with pytest.raises(UserError, match=re.escape(str(shard))):
+        MelDataset(ds)
+
+
+@pytest.mark.parametrize("line", ["{garbage", "[1, 2]", '{"track_id": "x"}', "\udcff"])
+def test_a_garbage_line_in_the_index_names_the_file_and_line(small_dataset, tmp_path, line):
+    ds = _copy(small_dataset, tmp_path)
+    with open(ds / "index.jsonl", "ab") as f:
+        f.write(line.encode("utf-8", "surrogateescape") + b"\n")
+    with pytest.raises(UserError, match=r"index\.jsonl line 37 .*segment --merge"):
+        read_index(ds)
+    with pytest.raises(UserError, match="line 37"):
+        MelDataset(ds)

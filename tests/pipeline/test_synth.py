@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.errors import UserError
 from pipeline.config import MelConfig
-from pipeline.segment import ClipStream
+from pipeline.decode import ClipStream
+from pipeline.errors import UserError
 from pipeline.synth import synthesize
 
 
@@ -81,3 +81,26 @@ def test_bad_arguments():
         synthesize("/tmp/never", tracks=1, seconds=1, fmt="aiff")
     with pytest.raises(UserError, match="tracks"):
         synthesize("/tmp/never", tracks=0, seconds=1)
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--sample-rate", "0"], "sample_rate"), (["--sample-rate", "-44100"], "sample_rate"),
+    (["--sample-rate", "10000000"], "sample_rate"), (["--tracks", "-1"], "tracks"),
+    (["--tracks", "10000000"], "tracks"), (["--seconds", "nan"], "seconds"), (["--seconds", "inf"], "seconds"),
+    (["--seconds", "0"], "seconds"), (["--seconds", "1e9"], "seconds"),
+])
+def test_absurd_arguments_are_refused_before_any_work(tmp_path, capsys, args, field):
+    from pipeline.cli import main as cli_main
+
+    assert cli_main(["synth", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_naming_a_file_is_refused(tmp_path, capsys):
+    from pipeline.cli import main as cli_main
+
+    (tmp_path / "f").write_text("x")
+    assert cli_main(["synth", "--out", str(tmp_path / "f"), "--tracks", "1", "--seconds", "1"]) == 2
+    assert "is a file" in capsys.readouterr().err
