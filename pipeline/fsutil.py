@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import UserError
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -54,17 +56,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete temp files a killed run left behind; returns how many."""
-    n = 0
-    root = Path(folder)
-    if not root.is_dir():
-        return 0
-    for p in root.rglob(TMP_PREFIX + "*"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            n += 1
-    return n
+def ensure_folder(path: str | os.PathLike, *subfolders: str) -> Path:
+    """Make the output folder ``path`` (and ``subfolders`` in it); a UserError, not a
+    traceback, when it or one of its parents is a file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for sub in subfolders:
+            (out / sub).mkdir(exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise UserError(f"cannot make the folder {out}: {e.filename} is a file") from None
+    return out
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -104,7 +108,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_dead_temps(folder: str | os.PathLike, stale_after_s: float = STALE_TEMP_SECONDS) -> int:
-    """Delete the temp files in ``folder`` whose writer is gone; returns how many.
+    """Delete the temp files under ``folder`` whose writer is gone (a killed run's
+    leftovers); returns how many.
 
     Safe while other processes, on this machine or other pods sharing the volume, are
     writing into the same folder: a temp is removed only if its owner tag names a
@@ -117,7 +122,7 @@ def remove_dead_temps(folder: str | os.PathLike, stale_after_s: float = STALE_TE
     host_tag = owner_tag().split("@")[1]
     now = time.time()
     n = 0
-    for p in root.glob(TMP_PREFIX + "*"):
+    for p in root.rglob(TMP_PREFIX + "*"):
         m = _OWNER.search(p.name)
         try:
             if m and m.group(1) == host_tag and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):

@@ -28,6 +28,7 @@ half written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,10 +43,10 @@ from typing import Any, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import MelConfig, SegmentConfig, load_config
+from pipeline.config import MelConfig, SegmentConfig, add_config_argument, load_config
 from pipeline.errors import UserError
 from pipeline.decode import DECODERS, ClipStream
-from pipeline.fsutil import TMP_PREFIX, atomic_write_text, owned_temp, remove_dead_temps, sha256_file
+from pipeline.fsutil import TMP_PREFIX, atomic_write_text, ensure_folder, owned_temp, remove_dead_temps, sha256_file
 from pipeline.mel import log_mel
 from pipeline.shard import Shard, parse_shard
 
@@ -228,6 +229,10 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
     sha = sha256_file(path)
     tid = _track_id(sha)
     part_path = _part_path(out, tid, source)
+    if part_path.is_file():  # a re-run's common case: one stat instead of a listing of parts/ per file
+        with contextlib.suppress(UserError):
+            if read_json(part_path).get("source") == source:
+                return FileResult(source, "already", "", tid)
     for existing in _parts_of(out, tid):
         try:
             done = read_json(existing)
@@ -440,14 +445,7 @@ def _run_tasks(tasks: list[tuple], workers: int) -> Iterable[FileResult]:
 
 
 def _prepare_out(out: Path, cfg: MelConfig) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: give a folder for the dataset")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for sub in ("shards", "parts", "failures"):
-            (out / sub).mkdir(exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        raise UserError(f"cannot make the dataset folder {out}: {e.filename} is a file") from None
+    ensure_folder(out, "shards", "parts", "failures")
     cfg_path = out / "mel_config.json"
     if cfg_path.exists():
         existing = MelConfig.load(cfg_path)
@@ -523,7 +521,7 @@ def merge(out_dir: str | Path) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="folder of audio files (searched recursively)")
     p.add_argument("--out", required=True, help="dataset folder")
-    p.add_argument("--config", help="YAML preset whose mel/segment sections to use (default: built-in)")
+    add_config_argument(p, "whose mel/segment sections to use")
     p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
     p.add_argument("--silence-dbfs", type=float, help="skip clips whose peak is below this (default -60)")
     p.add_argument("--decoder", choices=("auto", *DECODERS),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.config import SynthConfig
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_path, atomic_write_text
+from pipeline.fsutil import atomic_path, atomic_write_text, ensure_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class TrackInfo:
     seed: int
     index: int
     bpm: float
-    root_midi: int | float  # a whole MIDI note; float where a track's key was drawn in between
+    root_midi: int
     seconds: float
     sample_rate: int
 
@@ -229,13 +229,7 @@ def synthesize(
     except ValidationError as e:
         raise UserError("synth: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
                                               for err in e.errors())) from None
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as e:
-        raise UserError(f"cannot make the folder {out}: {e.filename} is a file") from None
+    out = ensure_folder(out_dir)
     infos: list[TrackInfo] = []
     paths: list[Path] = []
     for i in tqdm(range(tracks), desc="synth", unit="track", disable=not progress):
@@ -249,7 +243,7 @@ def synthesize(
             if channels == 1:
                 audio = audio.mean(axis=0, keepdims=True)
             write_audio(path, audio, sample_rate, fmt)
-        infos.append(TrackInfo(path.name, seed, i, info["bpm"], info["root_midi"], seconds, sample_rate))
+        infos.append(TrackInfo(path.name, seed, i, float(info["bpm"]), int(info["root_midi"]), seconds, sample_rate))
         paths.append(path)
     atomic_write_text(out / "tracks.json", json.dumps([asdict(t) for t in infos], indent=1) + "\n")
     return paths

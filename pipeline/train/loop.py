@@ -33,7 +33,7 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import RunConfig
 from pipeline.dataset import MelDataset
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write_text, remove_stale_temps
+from pipeline.fsutil import atomic_write_text, remove_dead_temps
 from pipeline.models.networks import check_resolution
 from pipeline.models.registry import get_model
 from pipeline.train import distributed
@@ -306,7 +306,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
         run_id = run.run_id  # None while the tracking server has not answered yet (created later)
         run_dir = out / label / run.key
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run_dir)
+        remove_dead_temps(run_dir)
         atomic_write_text(out / label / LATEST_POINTER, run.key + "\n")
         run.set_tags({tracking.LOCAL_DIR_TAG: str(run_dir / "checkpoints"), "technogan.label": label})
         config.save(run_dir / "config.resolved.yaml")

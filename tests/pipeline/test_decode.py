@@ -25,7 +25,7 @@ import soundfile as sf
 
 from pipeline.config import MelConfig, SegmentConfig
 from pipeline.decode import ClipStream, OpenFailed, open_audio
-from pipeline.segment import process_file
+from pipeline.segment import _prepare_out, process_file
 from pipeline.synth import FORMATS, synthesize
 
 CFG = MelConfig()
@@ -57,8 +57,7 @@ def inputs(tmp_path_factory) -> list[Path]:
 
 
 def _segment_one(path: Path, out: Path, decoder: str) -> tuple[dict, np.ndarray]:
-    for sub in ("shards", "parts", "failures"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    _prepare_out(out, CFG)
     r = process_file(path, path.name, out, CFG, SegmentConfig(workers=1, decoder=decoder))
     assert r.status == "done", (path.name, decoder, r.reason)
     [part] = (out / "parts").glob("*.json")
@@ -117,14 +116,18 @@ def test_stream_memory_is_bounded_whatever_the_file_length(tmp_path):
         assert peak < 8e6, f"{decoder}: peak {peak / 1e6:.1f} MB for a file of 26 MB decoded"
 
 
-def test_a_file_no_decoder_can_open_says_why_for_each(tmp_path):
+def test_a_file_no_decoder_can_read_falls_through_to_ffmpegs_complaint(tmp_path):
+    """The in-process decoders refuse to open it, each saying why; the command line is the
+    last resort, and its complaint is what the stream reports."""
     bad = tmp_path / "notes.mp3"
     bad.write_text("these are my notes, not an mp3\n" * 100)
-    with pytest.raises(OpenFailed) as e:
-        open_audio(bad, CFG.sample_rate, "pyav")
-    assert "pyav:" in str(e.value)
+    for name in ("soundfile", "pyav"):
+        with pytest.raises(OpenFailed) as e:
+            open_audio(bad, CFG.sample_rate, name)
+        assert str(e.value).startswith(f"{name}:"), str(e.value)
     stream = ClipStream(bad, CFG, 4)
-    assert list(stream) == [] and stream.samples == 0 and stream.error
+    assert list(stream) == [] and stream.samples == 0
+    assert stream.decoder == "ffmpeg" and stream.error.startswith("ffmpeg exited with"), stream.error
 
 
 def test_truncated_file_keeps_what_decoded_in_every_decoder(tmp_path):

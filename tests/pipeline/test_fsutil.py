@@ -2,7 +2,9 @@ import os
 
 import pytest
 
-from pipeline.fsutil import atomic_path, atomic_write_text, remove_stale_temps
+import subprocess
+
+from pipeline.fsutil import TMP_PREFIX, atomic_path, atomic_write_text, owner_tag, remove_dead_temps
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -25,8 +27,16 @@ def test_a_crash_mid_write_keeps_the_old_file_and_no_temp(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
 
-def test_stale_temps_are_removed(tmp_path):
-    (tmp_path / ".tmp-shard.123").write_text("partial")
+def test_a_dead_writers_temps_are_removed_anywhere_below_and_a_live_ones_kept(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid no longer exists
+    host = owner_tag().split("@")[1]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / f"{TMP_PREFIX}g.pt@{host}@{dead.pid}@x1").write_text("partial")
+    (tmp_path / f"{TMP_PREFIX}state.pt@{host}@{dead.pid}@x2").write_text("partial")
+    live = tmp_path / "checkpoints" / f"{TMP_PREFIX}g.pt{owner_tag()}x3"  # this process: still writing
+    live.write_text("partial")
     (tmp_path / "keep.f16").write_text("whole")
-    assert remove_stale_temps(tmp_path) == 1
-    assert os.listdir(tmp_path) == ["keep.f16"]
+    assert remove_dead_temps(tmp_path) == 2
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "keep.f16"]
+    assert os.listdir(tmp_path / "checkpoints") == [live.name]

@@ -1,5 +1,6 @@
 """What a hostile or careless user broke in `segment`, kept fixed (issue 12: items 3, 4, 6, 8, 11)."""
 
+import hashlib
 import itertools
 import json
 import os
@@ -19,7 +20,7 @@ from pipeline.cli import main as cli_main
 from pipeline.config import MelConfig, SegmentConfig
 from pipeline.dataset import read_index
 from pipeline.fsutil import TMP_PREFIX, owned_temp, remove_dead_temps
-from pipeline.segment import _failure_key, merge, process_file, segment, source_bytes
+from pipeline.segment import _failure_key, _prepare_out, merge, process_file, segment, source_bytes
 from pipeline.shard import Shard, shard_of
 
 CFG = MelConfig()
@@ -51,7 +52,8 @@ ODD_NAMES = [b"caf\xe9.wav", b"\xff\xfe.wav", b"na\xefve \x80\x81.wav", b"\xc3(.
 def test_any_file_name_gets_a_shard_and_a_failure_key(name):
     source = os.fsdecode(name)  # how os.walk hands a name that is not UTF-8 to Python
     owners = [i for i in range(3) if Shard(i, 3).owns(source)]
-    assert owners == [shard_of(source, 3)]
+    # exactly one shard, chosen by the name's bytes on disk (what every pod sees alike)
+    assert owners == [int.from_bytes(hashlib.sha1(name).digest()[:8], "big") % 3]
     assert source_bytes(source) == name
     assert len(_failure_key(source)) == 16
 
@@ -155,9 +157,11 @@ def test_a_later_shard_never_deletes_a_running_shards_partial_files(tmp_path):
             time.sleep(0.002)
         first.send_signal(signal.SIGSTOP)  # hold it mid-file: its partial shard is on disk
         assert first.poll() is None, first.stdout.read().decode()
+        held = set((out / "shards").glob(TMP_PREFIX + "*"))  # taken after the stop: it cannot rename them now
+        assert held, "the first shard finished its file before it could be held"
         s = segment(src, out, CFG, SegmentConfig(workers=1), shard=Shard(1, 2), progress=False)
         assert s.by_status["done"] == 1
-        assert list((out / "shards").glob(TMP_PREFIX + "*")), "the running shard's partial file was deleted"
+        assert held <= set((out / "shards").glob(TMP_PREFIX + "*")), "the running shard's partial file was deleted"
     finally:
         first.send_signal(signal.SIGCONT)
     text = first.communicate(timeout=300)[0].decode()
@@ -172,9 +176,7 @@ def test_a_later_shard_never_deletes_a_running_shards_partial_files(tmp_path):
 
 
 def _index_after(order: list[str], src: Path, out: Path) -> bytes:
-    for sub in ("shards", "parts", "failures"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    CFG.save(out / "mel_config.json")
+    _prepare_out(out, CFG)
     for name in order:
         process_file(src / name, name, out, CFG, SegmentConfig(workers=1))
     merge(out)
