@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -133,7 +133,7 @@ class JobState:
 class WaitResult:
     code: int  # EXIT_COMPLETE, EXIT_FAILED or EXIT_TIMEOUT
     message: str
-    jobs: dict[str, JobState] = field(default_factory=dict)
+    jobs: dict[str, JobState]
 
 
 def _job_state(state: JobState, job: Any) -> None:

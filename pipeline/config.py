@@ -442,13 +442,13 @@ def read_yaml(path: str | os.PathLike, what: str = "file", hint: str = "") -> An
 # shipped inside the package (pipeline/presets/quickstart.yaml is configs/quickstart.yaml,
 # linked), so an installed package without the repository checkout has the same defaults.
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "quickstart.yaml"
-CONFIG_HELP = "YAML preset (default: the embedded defaults, identical to configs/quickstart.yaml)"
 
 
 def add_config_argument(p: argparse.ArgumentParser, what: str = "") -> None:
     """The ``--config`` option of every command: one default for all of them."""
     p.add_argument("--config", metavar="FILE", default=None,
-                   help=CONFIG_HELP if not what else f"YAML preset {what} ({CONFIG_HELP.split('(', 1)[1]}")
+                   help=f"YAML preset{' ' + what if what else ''} (default: the embedded defaults, "
+                        "identical to configs/quickstart.yaml)")
 
 
 def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.config import MelConfig
-from pipeline.ffmpeg import ffmpeg_binary, ffmpeg_complaint, probe
+from pipeline.ffmpeg import empty_info, ffmpeg_binary, ffmpeg_complaint, probe
 
 DECODERS = ("soundfile", "pyav", "ffmpeg")
 BLOCK_FRAMES = 1 << 16  # input frames per read for soundfile: ~1.5 s at 44.1 kHz
@@ -43,10 +43,6 @@ PYAV_BLOCK = 1 << 14  # output samples per block from PyAV's resampler
 
 class OpenFailed(Exception):
     """This decoder cannot read this file at all; the next one may."""
-
-
-def empty_info() -> dict:
-    return {"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": float("nan")}
 
 
 def _utf8_name(path: Path) -> bool:

@@ -28,6 +28,11 @@ def ffprobe_binary() -> str:
     return get_prober_name()
 
 
+def empty_info() -> dict:
+    """An input's description before (or without) anything read it."""
+    return {"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": float("nan")}
+
+
 def _number(value, cast=float, default=None):
     try:
         v = cast(value)
@@ -40,7 +45,7 @@ def probe(path: str | os.PathLike) -> dict:
     """Codec, channels, sample rate and declared duration of the first audio stream,
     from ``ffprobe -print_format json``. A file ffprobe cannot read gives
     ``{"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": nan, "error": why}``."""
-    info = {"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": float("nan")}
+    info = empty_info()
     r = subprocess.run([ffprobe_binary(), "-v", "error", "-print_format", "json", "-show_format",
                         "-show_streams", "-select_streams", "a:0", os.fsdecode(Path(path))],
                        capture_output=True, stdin=subprocess.DEVNULL)
@@ -69,7 +74,7 @@ def parse_ffmpeg_input(stderr: str) -> dict:
     """Codec, channels, sample rate and declared duration of the first audio stream,
     from ffmpeg's ``-v info`` description of its input. For a caller that already runs
     ffmpeg over the file and wants no second process; otherwise prefer ``probe``."""
-    info = {"codec": "?", "channels": 0, "sample_rate": 0, "declared_seconds": float("nan")}
+    info = empty_info()
     if m := re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", stderr):
         h, mi, sec = m.groups()
         info["declared_seconds"] = int(h) * 3600 + int(mi) * 60 + float(sec)

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import EvaluateConfig, MelConfig, load_config
-from pipeline.config import add_config_argument
+from pipeline.config import EvaluateConfig, MelConfig, add_config_argument, load_config
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 

@@ -47,8 +47,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from pipeline.config import RunConfig, ServeConfig, load_config
-from pipeline.config import add_config_argument
+from pipeline.config import RunConfig, ServeConfig, add_config_argument, load_config
 from pipeline.errors import UserError
 from pipeline.fsutil import sha256_file
 from serving.server import ARCHIVE_NAME, MODEL_NAME

@@ -180,8 +180,9 @@ def decode_body(raw: Any, limits: Limits) -> Any:
             raise RequestError("body", "is not UTF-8 text; send a JSON object") from None
     elif isinstance(raw, str):
         text = raw
-        if len(text.encode("utf-8", "surrogatepass")) > limits.max_body_bytes:
-            raise _too_big(limits, len(text.encode("utf-8", "surrogatepass")))
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limits.max_body_bytes:
+            raise _too_big(limits, size)
     else:
         return raw  # already decoded by the server (its own size limit applied)
     if not text.strip():
@@ -209,15 +210,15 @@ def _json_type(v: Any) -> str:
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    """pydantic's error location -> the JSON path clients see: ``latents[0][2]``."""
+    """pydantic's error location -> the JSON path clients see: ``latents[0][2]``. The steps
+    pydantic adds for Optional and Annotated wrappers (``function-after[...]``,
+    ``literal[...]``, ``constrained-int``) are not fields and are dropped."""
     name = ""
     for part in loc:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif not name:
-            name = str(part)
-        elif part not in ("function-before", "function-after") and not str(part).startswith(("literal[", "constrained")):
-            name += f".{part}"
+        elif "[" not in str(part) and not str(part).startswith(("function", "constrained")):
+            name += f".{part}" if name else str(part)
     return name or "body"
 
 
@@ -229,9 +230,7 @@ def _error_from(err: ValidationError) -> RequestError:
     inner = ctx.get("error")
     if isinstance(inner, _FieldError):
         return RequestError(inner.field, inner.message)
-    # Optional[...] wraps values in a union; drop pydantic's branch names from the location
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or "function" in p)))
-    field = _field_name(loc)
+    field = _field_name(first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
         return RequestError(field, f"unknown field; the allowed fields are {', '.join(RequestBody.model_fields)}")

@@ -21,8 +21,7 @@ import logging
 import signal
 from pathlib import Path
 
-from pipeline.config import MelConfig, load_config
-from pipeline.config import add_config_argument
+from pipeline.config import MelConfig, add_config_argument, load_config
 from pipeline.errors import UserError
 from serving.package import read_description
 from serving.server import ARCHIVE_NAME, ModelLoadError, Ports, TorchServe

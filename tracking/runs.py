@@ -221,12 +221,14 @@ class TrackedRun:
     def __init__(self, client, run_id: str | None, *, spool_dir: Path, max_backoff_s: float = 30.0,
                  flush_timeout_s: float = 60.0, batch_interval_s: float = 1.0,
                  pending: Mapping[str, Any] | None = None):
-        if (run_id is None) == (pending is None):
+        if run_id is not None and pending is None:
+            self.key, self.pending_create = run_id, None
+        elif run_id is None and pending is not None:
+            self.key, self.pending_create = str(pending["key"]), dict(pending)
+        else:
             raise ValueError("a TrackedRun needs exactly one of run_id and pending")
         self.client = client
         self.run_id = run_id
-        self.pending_create = dict(pending) if pending else None
-        self.key: str = run_id if run_id is not None else str(self.pending_create["key"])  # type: ignore[index]
         self.uri = client.tracking_uri
         self.spool_dir = Path(spool_dir)
         self.max_backoff_s = max_backoff_s
