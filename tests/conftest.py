@@ -16,7 +16,8 @@ SLOW_FIXTURES = {"trained_run", "champion_version", "model_store", "unpacked_arc
 SLOW_MODULES = {"test_train", "test_train_ddp", "test_runs_server", "test_server", "test_demo",
                 "test_chart_local", "test_mlflow_concurrency", "test_evaluate_run", "test_runs",
                 "test_registry"}
-# Single tests over a few seconds each (the fast tier stays under a minute on 2 cores).
+# Single tests over a few seconds each. Measured: the fast tier ran 512 tests in 43 s on a quiet
+# 2-core machine and 83 s in a fresh CI clone.
 SLOW_TESTS = {"test_rendering_a_real_mel_gives_audio_with_that_mel",
               "test_nnls_beats_pinv_on_spectral_convergence",
               "test_a_model_resolution_real_mel_still_renders_close",

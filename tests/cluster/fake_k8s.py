@@ -294,7 +294,6 @@ class FakeKube:
         raw = h.rfile.read(length) if length else b""
         with self.lock:
             self.requests.append((method, url.path, query))
-        with self.lock:
             busy, self.unavailable = self.unavailable > 0, max(0, self.unavailable - 1)
         if busy:
             return self._send(h, 503, _status(503, "ServiceUnavailable", "the server is shutting down"))

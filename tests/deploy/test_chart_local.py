@@ -67,7 +67,6 @@ def replace_arg(argv: list[str], flag: str, value: str) -> list[str]:
 def start_pod_process(pod: Pod, container: dict, argv: list[str], env_overrides: dict[str, str],
                       log: Path) -> subprocess.Popen:
     paths = pod.path_map(container)
-    cwd = pod.mounts.get(container.get("workingDir"), None)
     if container.get("workingDir"):
         cwd = Path(pod.localise(container["workingDir"], paths))
     else:

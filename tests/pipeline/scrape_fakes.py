@@ -216,8 +216,10 @@ class FakeBackend:
     list_errors: dict[str, list[str]] = field(default_factory=dict)  # url -> queued "transient"/"permanent"
     name: str = "fake"
     resolves: Counter = field(default_factory=Counter)
+    listed: list[str] = field(default_factory=list)  # every URL it was asked to list, in order
 
     def list_videos(self, url: str) -> list[VideoInfo]:
+        self.listed.append(url)
         queued = self.list_errors.get(url)
         if queued:
             kind = queued.pop(0)

@@ -527,33 +527,19 @@ def test_a_list_id_with_path_characters_is_refused_at_load(tmp_path, url):
 
 @pytest.mark.parametrize("url", BAD_LIST_URLS)
 def test_a_list_id_with_path_characters_never_reaches_the_backend(tmp_path, url):
-    seen: list[str] = []
-
-    class Recording(FakeBackend):
-        def list_videos(self, u: str):
-            seen.append(u)
-            return super().list_videos(u)
-
-    backend = Recording("http://127.0.0.1:9", {})
+    backend = FakeBackend("http://127.0.0.1:9", {})  # never fetched from: nothing is listed
     s = run([PlaylistEntry(url=url), PlaylistEntry(url=playlist_url(3))], tmp_path / "out", backend)
     assert s.listing_failures[url] == "invalid_url"
-    assert seen == [playlist_url(3)]  # only the good entry, as a URL rebuilt from its checked id
+    assert backend.listed == [playlist_url(3)]  # only the good entry, as a URL rebuilt from its checked id
 
 
 @pytest.mark.slow  # the loopback audio server
 def test_the_backend_gets_urls_rebuilt_from_checked_ids(tmp_path, server):
-    seen: list[str] = []
-
-    class Recording(FakeBackend):
-        def list_videos(self, u: str):
-            seen.append(u)
-            return super().list_videos(u)
-
-    backend = Recording(server.base_url, {"https://www.youtube.com/watch?v=vid00000000": [
+    backend = FakeBackend(server.base_url, {"https://www.youtube.com/watch?v=vid00000000": [
         FakeVideo(video_id(0), file="t0.mp3", duration=SECONDS)]})
     s = run([PlaylistEntry(url="https://m.youtube.com/watch?v=vid00000000&list=PLgoodgoodgood&t=30")],
             tmp_path / "out", backend)
-    assert seen == ["https://www.youtube.com/watch?v=vid00000000"] and s.downloaded == 1
+    assert backend.listed == ["https://www.youtube.com/watch?v=vid00000000"] and s.downloaded == 1
 
 
 def _cli_args(tmp_path: Path, *extra: str):

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +125,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, step
     assert not different, different[:5]
     # ...and the weights did move between the checkpoint and the end: the resume trained
     moved = [k for k in mid if k.startswith("g.") and mid[k].is_floating_point() and not torch.equal(mid[k], b[k])]
-    assert moved and any(float((mid[k] - b[k]).abs().max()) > 0 for k in moved)
     assert {k for k in mid if k.startswith("g.") and k.endswith(".weight")} <= set(moved)
     client = tracking.get_client(f"sqlite:///{tmp_path / 'split' / 'mlflow.db'}")
     steps_logged = sorted(m.step for m in client.get_metric_history(first.run_id, "g_loss"))
@@ -332,6 +332,9 @@ def test_cli_resume_with_another_batch_size_exits_2(tmp_path, small_dataset, cap
     err = capsys.readouterr().err
     assert "train.batch_size: 4 -> 8" in err and "Traceback" not in err
     assert cli_main([*argv, "--resume", "--allow-changed-config"]) == 0  # nothing differs: same run goes on
+    client = tracking.get_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
+    assert len(runs) == 1 and "technogan.resumed_from" not in runs[0].data.tags
 
 
 # ----------------------------------------------------------------------------- divergence (issue 12, item 8)
@@ -345,12 +348,12 @@ def test_a_run_whose_losses_become_nan_or_inf_exits_3(tmp_path, small_dataset, c
     preset.write_text("data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
                       "train: {progress: false, n_samples: 4, sample_every: 100000, lr: 1.0e+30, max_steps: 50,\n"
                       "        divergence_patience: 1000}\n"
-                      f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: nan}}\n")
+                      f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: diverging}}\n")
     monkeypatch.chdir(tmp_path)
     code = cli_main(["train", "--config", str(preset), "--model", "wgan-gp", "--dataset", str(small_dataset),
                      "--out", str(tmp_path / "train"), "--batch-size", "4"])
     out = capsys.readouterr().out
-    assert code == 3 and "diverged" in out and ("nan" in out or "inf" in out), out
+    assert code == 3 and "diverged" in out and re.search(r"\b(nan|inf)\b", out, re.IGNORECASE), out
 
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "true"])

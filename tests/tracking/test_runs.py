@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -119,11 +120,19 @@ def test_an_unusable_local_store_is_a_user_error_naming_it(tmp_path, monkeypatch
 def test_a_server_that_does_not_answer_does_not_stop_the_caller(tmp_path, monkeypatch):
     """Issue 12, item 14: the run waits for the server instead of the training waiting for it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = tracking.TrackedRun.start("exp", uri="http://127.0.0.1:9", start_timeout_s=0.5, spool_dir=tmp_path,
+    # a port bound but never listened on: connections are refused for as long as we hold it
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{held.getsockname()[1]}"
+        _pending_run_is_spooled_with_its_create_record(tmp_path, uri)
+
+
+def _pending_run_is_spooled_with_its_create_record(tmp_path, uri):
+    run = tracking.TrackedRun.start("exp", uri=uri, start_timeout_s=0.5, spool_dir=tmp_path,
                                     request_timeout_s=1, max_backoff_s=0.2)
     assert run.run_id is None and run.key.startswith("pending-")
     run.log_metrics({"d_loss": 1.0}, 1)
     assert run.finish(timeout_s=0.5) is False
     lines = [json.loads(x) for x in (tmp_path / f"{run.key}.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines] == ["create", "metrics", "terminate"]
-    assert lines[0]["data"]["experiment"] == "exp" and lines[0]["uri"] == "http://127.0.0.1:9"
+    assert lines[0]["data"]["experiment"] == "exp" and lines[0]["uri"] == uri
