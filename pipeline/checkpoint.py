@@ -17,12 +17,15 @@ Training state (``training-state-*.pt``, for ``--resume``), also weights_only-lo
     {"format": "technogan-train-state/1",
      "generator": state_dict, "critic": state_dict,
      "opt_g": optimiser state_dict, "opt_d": optimiser state_dict,
+     "loss": {...}, "ema": {...} | None, "augment": {...} | None,   # their own state dicts
      "progress": {"step": int, "epoch": int, "batch_in_epoch": int, "samples_seen": int},
      "rng": {"torch": uint8 tensor, "latent": uint8 tensor, "cuda": [uint8 tensor, ...]},
      "history": {"step": [...], "d_loss": [...], ...},   # for the loss-curve plot
+     "best": {"score": float | None, "step": int | None},  # generator-best.pt's
      "meta": "<JSON string>"}                             # as the generator's, plus the run's config
 
-Both are written atomically (temp file + rename), so a killed run leaves the previous
+``pipeline.train.state.TrainingState`` makes and reads the training state. Both are
+written atomically (temp file + rename), so a killed run leaves the previous
 checkpoint intact.
 """
 
@@ -178,22 +181,10 @@ def check_generator(generator: nn.Module, latent_dim: int, resolution: int, wher
         raise UserError(f"{where}: the generator's output is not finite (NaN or infinity in the weights)")
 
 
-def save_training_state(path: str | os.PathLike, *, generator: nn.Module, critic: nn.Module,
-                        opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                        progress: dict[str, int], rng: dict[str, Any], history: dict[str, list],
-                        meta: dict[str, Any]) -> Path:
-    """Everything ``--resume`` needs to continue bit for bit, written atomically."""
-    return _save(path, {
-        "format": TRAIN_STATE_FORMAT,
-        "generator": _cpu_state(generator),
-        "critic": _cpu_state(critic),
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "progress": {k: int(v) for k, v in progress.items()},
-        "rng": rng,
-        "history": history,
-        "meta": _meta_json(meta),
-    })
+def save_training_state(path: str | os.PathLike, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """``TrainingState.state_dict()`` and ``meta``, written atomically: everything ``--resume``
+    needs to continue bit for bit."""
+    return _save(path, {"format": TRAIN_STATE_FORMAT, **state, "meta": _meta_json(meta)})
 
 
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -277,8 +277,17 @@ class TrainConfig(Section):
     n_critic: Optional[int] = Field(None, ge=1, le=100, description="critic steps per generator step")
     clip_value: Optional[float] = Field(None, gt=0.0, description="WGAN-WC weight clipping bound")
     gp_weight: Optional[float] = Field(None, ge=0.0, description="WGAN-GP penalty weight lambda")
+    max_minutes: Optional[float] = Field(None, gt=0.0, le=525600.0, description="wall-clock budget: the run "
+                                         "ends cleanly, with a checkpoint, after this many minutes of training")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="intra-op threads on CPU; null = half "
+                                   "the cores (1 to 4), which holds up when other processes share the machine")
     checkpoint_every: int = Field(500, ge=1, description="generator steps between checkpoints")
     sample_every: int = Field(500, ge=1, description="generator steps between sample grids")
+    artifact_every_s: float = Field(30.0, ge=0.0, description="epoch-end checkpoint, grid and loss plot at most "
+                                    "once per this many seconds (short epochs); the last epoch always")
+    score_every: Optional[int] = Field(None, ge=1, description="generator steps between the cheap learned-FD "
+                                       "score that keeps generator-best.pt; null = no best checkpoint")
+    score_clips: int = Field(256, ge=16, le=65536, description="generated clips per periodic score")
     n_samples: int = Field(16, ge=1, le=256, description="fixed latent batch drawn in sample grids")
     max_abs_loss: float = Field(1e4, gt=0.0, description="a loss above this counts as exploding")
     divergence_patience: int = Field(10, ge=1, description="consecutive exploding steps that stop the run")

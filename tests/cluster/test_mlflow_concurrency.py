@@ -54,7 +54,7 @@ def test_six_runs_logging_at_once_lose_nothing(tmp_path, small_dataset, server):
     preset.write_text(
         "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
         "train:\n  progress: false\n  n_samples: 4\n  batch_size: 4\n  checkpoint_every: 5\n"
-        f"  sample_every: 1000\n  runs:\n{runs}\n"
+        f"  sample_every: 1000\n  artifact_every_s: 0\n  runs:\n{runs}\n"
         "tracking: {experiment: six-at-once, flush_timeout_s: 240, request_timeout_s: 30}\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "OMP_NUM_THREADS": "1"}
     procs = {}

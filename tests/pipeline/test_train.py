@@ -29,6 +29,7 @@ from tracking import runs as tracking
 def make_config(tmp_path: Path, dataset: Path, **train):
     """A tiny run: 32x32, widths 4, batches of 4 (36 clips -> 9 batches an epoch), its own MLflow store."""
     t = {"batch_size": 4, "epochs": 3, "checkpoint_every": 4, "sample_every": 1000, "progress": False, "n_samples": 4,
+         "artifact_every_s": 0,
          "dataset": str(dataset), "out_dir": str(tmp_path / "train"), **train}
     return load_config(None, {
         "model.g_width": 4, "model.d_width": 4, "model.latent_dim": 16, "data.resolution": 32,
@@ -382,3 +383,39 @@ def test_resume_differences_name_every_changed_setting_and_nothing_else():
     menu = load_config(None, {"train.runs": {"x": {"model": "dcgan1", "epochs": 1}}})
     assert resume_differences(meta, menu, Path("/data/a"), "f1") == []  # named runs are a menu, not a setting
     assert resume_differences({"dataset": "/data/a"}, base, Path("/data/a"), "f1")  # unknown settings: refused
+
+
+def test_a_time_budget_ends_the_run_cleanly_with_a_checkpoint(tmp_path, small_dataset):
+    # a budget far below one step's time: the run stops after its first step, finished
+    config = make_config(tmp_path, small_dataset, epochs=50, max_minutes=1e-5, checkpoint_every=1000)
+    result = train(config)
+    assert result.status == "finished" and result.step == 1 and "time budget" in (result.reason or "")
+    meta = ckpt.read_meta(result.generator_path)
+    assert meta["step"] == 1
+    state = ckpt.load_training_state(result.run_dir / "checkpoints" / "training-state-latest.pt")
+    assert state["progress"]["step"] == 1
+    run = tracking.get_client(config.tracking.uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and tracking.REASON_TAG not in run.data.tags
+    assert "time budget" in run.data.tags["technogan.end_reason"]
+
+
+def test_epoch_artifacts_are_throttled_by_time_but_the_last_epoch_always_has_them(tmp_path, small_dataset):
+    # 5 short epochs with an interval far longer than the run: only the first and the last
+    config = make_config(tmp_path, small_dataset, epochs=5, artifact_every_s=3600, checkpoint_every=1000)
+    result = train(config)
+    names = {p.name for p in (result.run_dir / "checkpoints").iterdir()}
+    assert {n for n in names if n.startswith("generator-epoch-")} == {"generator-epoch-1.pt", "generator-epoch-5.pt"}
+    samples = {p.name for p in (result.run_dir / "samples").iterdir()}
+    assert samples == {"epoch-1.png", "epoch-5.png"}
+
+
+def test_training_threads_follow_the_config_and_are_restored(tmp_path, small_dataset):
+    from pipeline.train.loop import train_threads
+
+    before = torch.get_num_threads()
+    config = make_config(tmp_path, small_dataset, epochs=1, threads=1, max_steps=2)
+    result = train(config)
+    client = tracking.get_client(config.tracking.uri)
+    assert client.get_run(result.run_id).data.params["run.threads"] == "1"
+    assert torch.get_num_threads() == before
+    assert train_threads(3) == 3 and 1 <= train_threads(None) <= 4

@@ -14,7 +14,8 @@ from tracking import runs as tracking
 def test_two_process_ddp_run_finishes_and_only_rank_0_logs(tmp_path, small_dataset):
     preset = tmp_path / "tiny.yaml"
     preset.write_text("data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
-                      "train: {progress: false, n_samples: 4, batch_size: 4, epochs: 2, checkpoint_every: 3}\n"
+                      "train: {progress: false, n_samples: 4, batch_size: 4, epochs: 2, checkpoint_every: 3,"
+                      " artifact_every_s: 0}\n"
                       "tracking: {experiment: ddp}\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}

@@ -78,7 +78,8 @@ def test_training_survives_the_tracking_server_going_away(tmp_path, small_datase
     preset = tmp_path / "tiny.yaml"
     preset.write_text(
         "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
-        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 6, checkpoint_every: 10}\n"
+        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 6, checkpoint_every: 10,"
+        " artifact_every_s: 0}\n"
         "tracking: {experiment: outage, max_backoff_s: 1.0, flush_timeout_s: 240, request_timeout_s: 3}\n")
     out = tmp_path / "train"
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
@@ -150,7 +151,8 @@ def test_training_starts_while_the_server_is_down_and_its_run_appears_when_it_co
     preset = tmp_path / "tiny.yaml"
     preset.write_text(
         "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
-        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 3, checkpoint_every: 10}\n"
+        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 3, checkpoint_every: 10,"
+        " artifact_every_s: 0}\n"
         "tracking: {experiment: down-at-start, start_timeout_s: 1, max_backoff_s: 1.0, flush_timeout_s: 300,\n"
         "           request_timeout_s: 3}\n")
     out = tmp_path / "train"
