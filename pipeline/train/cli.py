@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-samples", type=int, help="train on this many clips (capped at the dataset size)")
     p.add_argument("--max-steps", type=int, help="stop after this many generator steps in total")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget: end cleanly, with a checkpoint, after "
+                   "this many minutes of training (compare recipes at equal cost)")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: train.threads, else half the cores)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -63,7 +66,8 @@ def resolve(args: argparse.Namespace):
         label = args.study_run
     overrides.update({k: v for k, v in {
         "model.name": args.model, "train.epochs": args.epochs, "data.max_samples": args.max_samples,
-        "train.max_steps": args.max_steps, "train.batch_size": args.batch_size, "train.seed": args.seed,
+        "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes, "train.threads": args.threads,
+        "train.batch_size": args.batch_size, "train.seed": args.seed,
         "train.device": args.device, "train.dataset": args.dataset, "train.out_dir": args.out,
     }.items() if v is not None})
     return load_config(args.config, overrides), label
@@ -79,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
     where = f"MLflow run {result.run_id}" if result.run_id else \
         "the tracking server never answered: its records are spooled (sent by the next run or flush_spool)"
     print(f"{result.label}: {result.status} at step {result.step}; {where}")
+    if result.status == "finished" and result.reason:
+        print(f"{result.label}: {result.reason}")
     if result.generator_path:
         print(f"generator checkpoint: {result.generator_path}")
     if result.status == "diverged":

@@ -172,7 +172,7 @@ def test_study_run_caps_samples_with_a_warning(tmp_path, small_dataset, caplog):
         f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: study}}\n")
     args = argparse.Namespace(config=str(preset), study_run="wgan-wc-60k-5ep", model=None, dataset=str(small_dataset),
                               epochs=None, max_samples=None, max_steps=None, batch_size=None, seed=None,
-                              device=None, out=None, resume=False)
+                              device=None, out=None, resume=False, max_minutes=None, threads=None)
     config, label = resolve(args)
     assert (config.model.name, config.train.epochs, config.data.max_samples, label) == \
         ("wgan-wc", 5, 60000, "wgan-wc-60k-5ep")
@@ -419,3 +419,14 @@ def test_training_threads_follow_the_config_and_are_restored(tmp_path, small_dat
     assert client.get_run(result.run_id).data.params["run.threads"] == "1"
     assert torch.get_num_threads() == before
     assert train_threads(3) == 3 and 1 <= train_threads(None) <= 4
+
+
+def test_cli_budget_and_threads_flags_reach_the_config():
+    from pipeline.train.cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    config, _ = resolve(p.parse_args(["--max-minutes", "2.5", "--threads", "3"]))
+    assert (config.train.max_minutes, config.train.threads) == (2.5, 3)
+    with pytest.raises(UserError, match="max_minutes"):
+        resolve(p.parse_args(["--max-minutes", "0"]))
