@@ -193,7 +193,11 @@ class GANLoss:
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                     rng: torch.Generator | None = None) -> tuple[torch.Tensor, Numbers]:
         critic_terms, _ = OBJECTIVES[self.objective]
-        loss, numbers = critic_terms(critic(real), critic(fake))  # outputs [B] each
+        out_real = critic(real)  # [B]
+        loss, numbers = critic_terms(out_real, critic(fake))
+        # ADA's overfitting heuristic E[sign(D(x))], the logit's sign for a probability
+        middle = 0.5 if self.objective == "bce" else 0.0
+        numbers["d_real_sign"] = torch.sign(out_real.detach().float() - middle).mean()
         for penalty in self.penalties:
             term, extra = penalty(critic, real, fake, rng)
             if term is not None:

@@ -186,7 +186,7 @@ def test_r1_is_added_exactly_every_r1_every_critic_steps_with_the_lazy_scale():
     loss = get_model("wgan-gp").make_loss(TrainConfig(r1_gamma=0.5, r1_every=3, gp_weight=0.0))
     plain = losses.WGANGPLoss(gp_weight=0.0)
     seen = []
-    for step in range(7):
+    for _ in range(7):
         critic = _Square(2.0)
         total, numbers = loss.critic_loss(critic, real, fake)
         base, _ = plain.critic_loss(critic, real, fake)
