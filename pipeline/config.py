@@ -263,6 +263,9 @@ class StudyRunConfig(Section):
     description: str = ""
 
 
+AugmentTransform = Literal["shift", "time_mask", "freq_mask", "gain"]
+
+
 class TrainConfig(Section):
     """The training loop. Optimiser/loss fields left at null take the model's defaults
     from the registry (e.g. WGAN-GP: Adam 1e-4, betas (0.5, 0.9), 5 critic steps, lambda 10)."""
@@ -313,8 +316,8 @@ class TrainConfig(Section):
     augment_speed: int = Field(20000, ge=1, description="adaptive: real clips seen for p to move by 1.0 "
                                "when the heuristic stays on one side of the target")
     augment_interval: int = Field(4, ge=1, le=10000, description="adaptive: critic steps between updates of p")
-    augment_transforms: list[Literal["shift", "time_mask", "freq_mask", "gain"]] = Field(
-        default_factory=lambda: ["shift", "time_mask", "freq_mask", "gain"],
+    augment_transforms: list[AugmentTransform] = Field(
+        default_factory=lambda: list(typing.get_args(AugmentTransform)),
         description="shift: circular time shift; time_mask/freq_mask: a span of frames/rows set to silence "
         "(-1); gain: a random dB offset; never a shift along frequency")
     augment_gain_db: float = Field(6.0, gt=0.0, le=60.0, description="gain offsets are drawn from "
@@ -328,6 +331,12 @@ class TrainConfig(Section):
     prometheus_port: Optional[int] = Field(None, ge=0, le=65535)
     pushgateway: Optional[str] = Field(None, description="host:port of a Prometheus Pushgateway")
     runs: dict[str, StudyRunConfig] = Field(default_factory=dict, description="named runs (--run NAME)")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: take it for the word it was written as
+        return "off" if v is False else v
 
     @field_validator("augment_transforms")
     @classmethod

@@ -83,6 +83,9 @@ MIN_SCALE = 1e-2  # a (nearly) constant row, e.g. always silent, still gets a us
 class _BinAffine(nn.Module):
     """A fixed (non-trainable) per-row affine map of mels [B, 1, R, R]; rows are mel bins."""
 
+    mean: torch.Tensor  # [R] buffer
+    scale: torch.Tensor  # [R] buffer
+
     def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
         super().__init__()
         mean, scale = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)

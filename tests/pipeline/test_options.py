@@ -241,3 +241,5 @@ def test_option_fields_are_validated_naming_the_key(tmp_path):
     d = TrainConfig()
     assert (d.loss, d.lr_g, d.lr_d, d.r1_gamma, d.ema_decay, d.augment) == (None, None, None, None, None, "off")
     assert ModelConfig().spectral_norm is False
+    p.write_text("train: {augment: off}\n")  # YAML 1.1's false, meant as the word
+    assert load_config(p).train.augment == "off"
