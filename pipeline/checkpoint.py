@@ -10,7 +10,10 @@ Generator checkpoint (``generator-*.pt``), loadable with ``torch.load(path, weig
 ``meta`` (``read_meta`` returns it as a dict) has at least ``model`` (registry name),
 ``model_config`` (the ``model`` config section as a dict), ``resolution``,
 ``latent_dim`` and ``mel_config`` (``MelConfig.to_dict()``), and, when known, ``run_id``,
-``step``, ``epoch``, ``created`` (UTC ISO time).
+``step``, ``epoch``, ``created`` (UTC ISO time). A generator trained with per_bin
+normalisation also has ``normalization``: {"kind": "per_bin", "mean": [R], "scale": [R]}
+(``networks.normalization_meta``; ``save_generator`` adds it), rebuilt by ``load_generator``
+as the generator's output layer, so the loaded generator outputs mels in [-1, 1] directly.
 
 Training state (``training-state-*.pt``, for ``--resume``), also weights_only-loadable::
 
@@ -82,9 +85,16 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_generator(path: str | os.PathLike, generator: nn.Module, meta: dict[str, Any]) -> Path:
     """Write the generator's weights and ``meta`` atomically; ``meta`` must hold REQUIRED_META."""
+    from pipeline.models.networks import normalization_meta
+
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"generator checkpoint meta lacks {missing}")
+    norm = normalization_meta(generator)
+    if "normalization" in meta and meta["normalization"] != norm:
+        raise ValueError("generator checkpoint meta normalization disagrees with the generator's own")
+    if norm["kind"] != "none":
+        meta = {**meta, "normalization": norm}
     return _save(path, {"format": GENERATOR_FORMAT, "state_dict": _cpu_state(generator), "meta": _meta_json(meta)})
 
 
@@ -120,6 +130,7 @@ def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[
     from pydantic import ValidationError
 
     from pipeline.config import ConfigError, MelConfig, ModelConfig
+    from pipeline.models.networks import add_bin_normalization, normalization_problem
     from pipeline.models.registry import get_model
 
     p = Path(path)
@@ -143,9 +154,15 @@ def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[
                         f"latent_dim {model_cfg.latent_dim}")
     if not isinstance(meta["model"], str):
         raise UserError(f"{p}: checkpoint meta model must be a registry name, got {meta['model']!r}")
+    norm = meta.get("normalization", {"kind": "none"})
+    problem = normalization_problem(norm, resolution)
+    if problem:
+        raise UserError(f"{p}: checkpoint meta normalization: {problem}")
     try:
         spec = get_model(meta["model"])
         generator = spec.build_generator(model_cfg, resolution)
+        if norm["kind"] == "per_bin":
+            add_bin_normalization(generator, norm["mean"], norm["scale"])
     except (UserError, KeyError, ValueError) as e:
         raise UserError(f"{p}: checkpoint meta model {meta['model']!r} at resolution {resolution}: "
                         f"{e.args[0] if e.args else e}") from None
@@ -159,6 +176,11 @@ def load_generator(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[
         detail = "; ".join(line.strip() for line in first[1:4]) or (first[0] if first else "")
         raise UserError(f"{p}: the weights do not match the meta ({meta['model']}, resolution {resolution}, "
                         f"latent {latent_dim}): {detail}") from None
+    denorm = getattr(generator, "denorm", None)
+    if denorm is not None and not (
+            torch.equal(denorm.mean.cpu(), torch.tensor(norm["mean"], dtype=torch.float32))
+            and torch.equal(denorm.scale.cpu(), torch.tensor(norm["scale"], dtype=torch.float32))):
+        raise UserError(f"{p}: checkpoint meta normalization disagrees with the per-bin statistics in its weights")
     if isinstance(map_location, (str, torch.device)):
         generator.to(map_location)
     generator.eval()

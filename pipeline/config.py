@@ -194,6 +194,10 @@ class DataConfig(Section):
                                             f"to {MAX_RESOLUTION}")
     max_samples: Optional[int] = Field(None, ge=1)
     seed: int = 0
+    normalize: Literal["none", "per_bin"] = Field(
+        "none", description="per_bin: the critic sees each mel row standardised and the generator's Tanh output "
+        "is mapped back through fixed per-row affine layers (statistics from the training clips, cached in "
+        "<dataset>/stats and saved in every checkpoint); data, plots, audio and serving stay in [-1, 1]")
 
     @field_validator("resolution")
     @classmethod
@@ -246,6 +250,8 @@ class ModelConfig(Section):
     g_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="generator Dropout rate (DCGAN2, WGANs)")
     d_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="discriminator/critic Dropout rate")
     leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
+    spectral_norm: bool = Field(False, description="spectral normalisation (Miyato et al. 2018) on every "
+                                "Conv2d of the critic; the figure's layers stay as they are")
 
 
 class StudyRunConfig(Section):
@@ -255,6 +261,9 @@ class StudyRunConfig(Section):
     epochs: int = Field(ge=1)
     max_samples: Optional[int] = Field(None, ge=1, description="capped at the dataset size")
     description: str = ""
+
+
+AugmentTransform = Literal["shift", "time_mask", "freq_mask", "gain"]
 
 
 class TrainConfig(Section):
@@ -277,6 +286,42 @@ class TrainConfig(Section):
     n_critic: Optional[int] = Field(None, ge=1, le=100, description="critic steps per generator step")
     clip_value: Optional[float] = Field(None, gt=0.0, description="WGAN-WC weight clipping bound")
     gp_weight: Optional[float] = Field(None, ge=0.0, description="WGAN-GP penalty weight lambda")
+    loss: Optional[Literal["bce", "wasserstein", "hinge"]] = Field(
+        None, description="adversarial loss; null = the model's own (bce for the DCGANs, wasserstein for the "
+        "WGANs). A DCGAN critic trained with hinge or wasserstein loses its final Sigmoid; bce on a critic "
+        "without one is BCE with logits. WGAN-WC's clipping and WGAN-GP's penalty stay whatever the loss")
+    lr_g: Optional[float] = Field(None, gt=0.0, description="generator learning rate; null = lr (two time-scale "
+                                  "update rule, Heusel et al. 2017, when it differs from lr_d)")
+    lr_d: Optional[float] = Field(None, gt=0.0, description="critic learning rate; null = lr")
+    r1_gamma: Optional[float] = Field(None, gt=0.0, description="R1 penalty (gamma/2) E||grad D(x_real)||^2 "
+                                      "(Mescheder et al. 2018) added to the critic loss; null = off")
+    r1_every: int = Field(16, ge=1, le=10000, description="lazy R1 (StyleGAN2): computed every r1_every-th "
+                          "critic step and scaled by r1_every")
+    ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0, description="exponential moving average of the "
+                                       "generator's weights (e.g. 0.999); samples, evaluation, checkpoints and "
+                                       "serving use the average; null = off")
+    ema_warmup_steps: int = Field(100, ge=0, le=10_000_000, description="the EMA decay ramps up from 0 over "
+                                  "this many generator steps so the random initial weights are forgotten")
+    augment: Literal["off", "fixed", "adaptive"] = Field(
+        "off", description="audio-safe augmentation of real and generated batches alike (pipeline/train/"
+        "augment.py); adaptive (Karras et al. 2020) tunes its probability and is meant for small sets "
+        "(a few thousand clips or fewer)")
+    augment_p: Optional[float] = Field(None, ge=0.0, le=1.0, description="probability of each transform per "
+                                       "sample: the fixed value, or adaptive's start; null = 0.2 fixed, "
+                                       "0.0 adaptive")
+    augment_p_max: float = Field(0.8, gt=0.0, le=1.0, description="adaptive p never exceeds this: near 1 "
+                                 "the masks would leak into what the generator makes")
+    augment_target: float = Field(0.6, gt=0.0, lt=1.0, description="adaptive: the E[sign(D(real))] the "
+                                  "critic's overfitting heuristic is held at")
+    augment_speed: int = Field(20000, ge=1, description="adaptive: real clips seen for p to move by 1.0 "
+                               "when the heuristic stays on one side of the target")
+    augment_interval: int = Field(4, ge=1, le=10000, description="adaptive: critic steps between updates of p")
+    augment_transforms: list[AugmentTransform] = Field(
+        default_factory=lambda: list(typing.get_args(AugmentTransform)),
+        description="shift: circular time shift; time_mask/freq_mask: a span of frames/rows set to silence "
+        "(-1); gain: a random dB offset; never a shift along frequency")
+    augment_gain_db: float = Field(6.0, gt=0.0, le=60.0, description="gain offsets are drawn from "
+                                   "[-augment_gain_db, +augment_gain_db] dB")
     max_minutes: Optional[float] = Field(None, gt=0.0, le=525600.0, description="wall-clock budget: the run "
                                          "ends cleanly, with a checkpoint, after this many minutes of training")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="intra-op threads on CPU; null = half "
@@ -295,6 +340,27 @@ class TrainConfig(Section):
     prometheus_port: Optional[int] = Field(None, ge=0, le=65535)
     pushgateway: Optional[str] = Field(None, description="host:port of a Prometheus Pushgateway")
     runs: dict[str, StudyRunConfig] = Field(default_factory=dict, description="named runs (--run NAME)")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: take it for the word it was written as
+        return "off" if v is False else v
+
+    @field_validator("augment_transforms")
+    @classmethod
+    def _transforms(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each transform at most once, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_augment(self) -> "TrainConfig":
+        if self.augment != "off" and not self.augment_transforms:
+            raise ValueError("augment is on but augment_transforms is empty")
+        if self.augment == "adaptive" and self.augment_p is not None and self.augment_p > self.augment_p_max:
+            raise ValueError(f"augment_p {self.augment_p} exceeds augment_p_max {self.augment_p_max}")
+        return self
 
 
 class TrackingConfig(Section):

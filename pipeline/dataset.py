@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from pipeline.config import MelConfig
 from pipeline.errors import UserError
+from pipeline.fsutil import atomic_write_text
 from pipeline.mel import to_model_resolution
 from pipeline.segment import STORE_DTYPE
 
@@ -124,6 +126,44 @@ class MelDataset(Dataset):
         """Content hash of the index: names the exact data a run trained on."""
         return hashlib.sha256((self.root / "index.jsonl").read_bytes()).hexdigest()[:16]
 
+    def bin_stats(self, resolution: int | None = None, max_clips: int = 20000,
+                  chunk: int = 256) -> dict[str, list[float]]:
+        """Per-row (mel bin) mean and standard deviation of this set's clips at ``resolution``
+        (default: the dataset's), {"mean": [R], "std": [R]}, for per_bin normalisation.
+
+        Computed over at most ``max_clips`` clips, evenly spaced through the set (the row
+        statistics of 20,000 clips are as good as those of all of them), and cached in
+        ``stats/bins-r<R>.json`` (``bins-r<R>-<subset>.json`` for a ``max_samples`` subset),
+        valid while the index's fingerprint and the subset are unchanged. An unwritable
+        dataset folder only costs the cache (a warning)."""
+        r = int(resolution or self.resolution)
+        use = np.unique(np.linspace(0, len(self) - 1, num=min(len(self), max_clips)).round().astype(np.int64))
+        full = len(self.indices) == self.available
+        subset = hashlib.sha256(self.indices.tobytes()).hexdigest()[:12]
+        key = {"fingerprint": self.fingerprint(), "resolution": r, "subset": "all" if full else subset,
+               "clips": int(len(use))}
+        path = self.root / "stats" / (f"bins-r{r}.json" if full else f"bins-r{r}-{subset}.json")
+        cached = _read_bin_stats(path, key)
+        if cached is not None:
+            return cached
+        total = torch.zeros(r, dtype=torch.float64)
+        squares = torch.zeros(r, dtype=torch.float64)
+        for start in range(0, len(use), chunk):
+            batch = torch.stack([self.stored(int(i)) for i in use[start:start + chunk]])  # [N, n_mels, n_frames]
+            x = to_model_resolution(batch, r).double()  # [N, R, R]: rows are mel bins
+            total += x.sum(dim=(0, 2))
+            squares += (x * x).sum(dim=(0, 2))
+        n = len(use) * r  # values per row
+        mean = total / n
+        std = (squares / n - mean * mean).clamp(min=0.0).sqrt()
+        stats = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({**key, **stats}, indent=1))
+        except OSError as e:
+            log.warning("could not cache the per-bin statistics in %s (%s): computing them each run", path, e)
+        return stats
+
     def _map(self, shard: int) -> np.ndarray:
         # opened lazily, per process: DataLoader workers each get their own maps
         m = self._maps.get(shard)
@@ -148,3 +188,19 @@ class MelDataset(Dataset):
         state = self.__dict__.copy()
         state["_maps"] = {}  # memmaps are reopened in each worker
         return state
+
+
+def _read_bin_stats(path: Path, key: dict) -> dict[str, list[float]] | None:
+    """The cached statistics when ``path`` holds them for exactly ``key``; None otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(data.get(k) != v for k, v in key.items()):
+        return None
+    stats = {k: data.get(k) for k in ("mean", "std")}
+    for v in stats.values():
+        if not (isinstance(v, list) and len(v) == key["resolution"]
+                and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+            return None
+    return stats  # type: ignore[return-value]

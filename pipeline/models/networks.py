@@ -17,12 +17,21 @@ Interfaces: a generator takes z of shape [B, latent_dim] (canonical) or
 [B, latent_dim, 1, 1] and returns [B, 1, R, R] in [-1, 1] (Tanh). A critic takes
 [B, 1, R, R] and returns [B]: a probability for the DCGANs (Sigmoid), an unbounded
 score for the WGANs.
+
+Options (off by default, so the figures hold) sit around ``net``, never inside it:
+spectral normalisation reparametrises the critic's convolutions in place
+(``apply_spectral_norm``), and per-bin normalisation adds a fixed affine layer at the
+critic's input (``BinStandardize``) and at the generator's output (``BinDenormalize``).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any, Sequence
+
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 # the supported resolutions are stated once, in the config (re-exported here for callers)
 from pipeline.config import MAX_RESOLUTION, MIN_RESOLUTION, ModelConfig, resolution_problem  # noqa: F401
@@ -65,31 +74,137 @@ def _down(cin: int, cout: int, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 4, 2, 1, bias=bias)
 
 
+# per_bin normalisation maps the generator's Tanh output y in [-1, 1] to mean + SCALE_STDS * std * y:
+# three standard deviations cover about 99.7% of a normally spread bin's real values
+SCALE_STDS = 3.0
+MIN_SCALE = 1e-2  # a (nearly) constant row, e.g. always silent, still gets a usable range
+
+
+class _BinAffine(nn.Module):
+    """A fixed (non-trainable) per-row affine map of mels [B, 1, R, R]; rows are mel bins."""
+
+    mean: torch.Tensor  # [R] buffer
+    scale: torch.Tensor  # [R] buffer
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        mean, scale = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
+        if mean.dim() != 1 or mean.shape != scale.shape:
+            raise ValueError(f"per-bin mean and scale must be two vectors of one length, got "
+                             f"{list(mean.shape)} and {list(scale.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("per-bin mean must be finite and scale finite and positive")
+        self.register_buffer("mean", mean.clone())  # [R]
+        self.register_buffer("scale", scale.clone())  # [R]
+
+    def _rows(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return v.to(x.dtype).reshape(1, 1, -1, 1)  # [R] -> [1, 1, R, 1], broadcast over frames
+
+
+class BinStandardize(_BinAffine):
+    """The critic's input layer: x -> (x - mean[row]) / scale[row]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._rows(self.mean, x)) / self._rows(self.scale, x)
+
+
+class BinDenormalize(_BinAffine):
+    """The generator's output layer: y -> clamp(mean[row] + scale[row] * y, -1, 1), the dataset's space."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return (self._rows(self.mean, y) + self._rows(self.scale, y) * y).clamp(-1.0, 1.0)
+
+
 class Generator(nn.Module):
-    """z [B, Z] or [B, Z, 1, 1] -> mel [B, 1, R, R] in [-1, 1]. ``net`` is the figure's sequence."""
+    """z [B, Z] or [B, Z, 1, 1] -> mel [B, 1, R, R] in [-1, 1]. ``net`` is the figure's sequence;
+    ``denorm`` (per_bin normalisation, else None) maps its output back to the dataset's space."""
 
     def __init__(self, net: nn.Sequential, latent_dim: int, resolution: int):
         super().__init__()
         self.net = net
         self.latent_dim = latent_dim
         self.resolution = resolution
+        self.denorm: BinDenormalize | None = None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]  # [B, Z] -> [B, Z, 1, 1]
-        return self.net(z)  # [B, 1, R, R]
+        y = self.net(z)  # [B, 1, R, R]
+        return y if self.denorm is None else self.denorm(y)
 
 
 class Critic(nn.Module):
-    """mel [B, 1, R, R] -> [B] (probability for DCGANs, score for WGANs). ``net`` is the figure's sequence."""
+    """mel [B, 1, R, R] -> [B] (probability for DCGANs, score for WGANs). ``net`` is the figure's
+    sequence; ``standardize`` (per_bin normalisation, else None) comes before it."""
 
     def __init__(self, net: nn.Sequential, resolution: int):
         super().__init__()
         self.net = net
         self.resolution = resolution
+        self.standardize: BinStandardize | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardize is not None:
+            x = self.standardize(x)
         return self.net(x).reshape(x.shape[0])  # [B, 1, 1, 1] -> [B]
+
+
+def bin_scale(std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """The per_bin scale of each row from its standard deviation: SCALE_STDS std, at least MIN_SCALE."""
+    return (SCALE_STDS * torch.as_tensor(std, dtype=torch.float32)).clamp(min=MIN_SCALE)
+
+
+def add_bin_normalization(module: Generator | Critic, mean: Sequence[float] | torch.Tensor,
+                          scale: Sequence[float] | torch.Tensor) -> None:
+    """Attach per_bin normalisation (fixed buffers ``mean``, ``scale`` of length R) to a generator
+    (output layer) or critic (input layer)."""
+    n = len(mean)
+    if n != module.resolution:
+        raise ValueError(f"per-bin statistics have {n} rows, the network works at resolution {module.resolution}")
+    if isinstance(module, Generator):
+        module.denorm = BinDenormalize(torch.as_tensor(mean), torch.as_tensor(scale))
+    else:
+        module.standardize = BinStandardize(torch.as_tensor(mean), torch.as_tensor(scale))
+
+
+def normalization_meta(generator: nn.Module) -> dict[str, Any]:
+    """The checkpoint meta's ``normalization`` of a (possibly DDP-wrapped) generator:
+    {"kind": "none"} or {"kind": "per_bin", "mean": [R floats], "scale": [R floats]}."""
+    g = getattr(generator, "module", generator)
+    denorm = getattr(g, "denorm", None)
+    if denorm is None:
+        return {"kind": "none"}
+    return {"kind": "per_bin", "mean": [float(v) for v in denorm.mean.cpu()],
+            "scale": [float(v) for v in denorm.scale.cpu()]}
+
+
+def apply_spectral_norm(critic: nn.Module) -> int:
+    """Spectral normalisation (Miyato et al. 2018) on every Conv2d of ``critic``; returns how many."""
+    convs = [m for m in critic.modules() if isinstance(m, nn.Conv2d)]
+    for m in convs:
+        nn.utils.parametrizations.spectral_norm(m)
+    return len(convs)
+
+
+def _finite_vector(value: Any, n: int) -> bool:
+    return (isinstance(value, list) and len(value) == n and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def normalization_problem(norm: Any, resolution: int) -> str | None:
+    """Why a checkpoint's ``normalization`` meta cannot be rebuilt (None when it can)."""
+    if not isinstance(norm, dict) or norm.get("kind") not in ("none", "per_bin"):
+        return f"must be {{'kind': 'none'}} or {{'kind': 'per_bin', 'mean': [...], 'scale': [...]}}, got {norm!r}"
+    if norm["kind"] == "none":
+        return None if set(norm) == {"kind"} else f"kind none takes no other keys, got {sorted(norm)}"
+    if set(norm) != {"kind", "mean", "scale"}:
+        return f"kind per_bin needs exactly kind, mean and scale, got {sorted(norm)}"
+    for key in ("mean", "scale"):
+        if not _finite_vector(norm[key], resolution):
+            return f"{key} must be a list of {resolution} finite numbers (one per row at resolution {resolution})"
+    if min(norm["scale"]) <= 0:
+        return "scale must be positive"
+    return None
 
 
 def init_weights(module: nn.Module) -> None:
@@ -194,7 +309,30 @@ def wgan_generator(cfg: ModelConfig, resolution: int) -> Generator:
     return _three_block_generator(cfg, resolution)
 
 
+def layer_name(m: nn.Module) -> str:
+    """A layer's type name as the figures write it (a spectrally normalised Conv2d is a Conv2d)."""
+    cls = type(m)
+    if parametrize.is_parametrized(m):
+        cls = cls.__mro__[1]  # torch subclasses the layer's class as Parametrized<Name>
+    return cls.__name__
+
+
+def leaf_layers(module: nn.Module) -> list[nn.Module]:
+    """The layers of ``module.net`` (or ``module``) in forward order, a parametrised layer counting as one."""
+    net: nn.Module = getattr(module, "net", module)
+    leaves: list[nn.Module] = []
+
+    def walk(m: nn.Module) -> None:
+        if parametrize.is_parametrized(m) or not list(m.children()):
+            leaves.append(m)
+            return
+        for child in m.children():
+            walk(child)
+
+    walk(net)
+    return leaves
+
+
 def layer_types(module: nn.Module) -> list[str]:
     """Type names of the leaf layers in forward order, as the figures list them."""
-    net: nn.Module = getattr(module, "net", module)
-    return [type(m).__name__ for m in net.modules() if not list(m.children())]
+    return [layer_name(m) for m in leaf_layers(module)]

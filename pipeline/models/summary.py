@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig, add_config_argument, config_from_args
+from pipeline.models.networks import layer_name, leaf_layers
 from pipeline.models.registry import MODELS, get_model
 
 
@@ -24,12 +25,12 @@ def layer_table(module: nn.Module, example: torch.Tensor) -> list[tuple[str, lis
     hooks = []
 
     def hook(m: nn.Module, _inp, out: torch.Tensor) -> None:
-        rows.append((f"{type(m).__name__}-{len(rows) + 1}", [-1, *out.shape[1:]],
-                     sum(p.numel() for p in m.parameters(recurse=False))))
+        # a leaf's own parameters (a spectrally normalised conv keeps its weight one level down)
+        rows.append((f"{layer_name(m)}-{len(rows) + 1}", [-1, *out.shape[1:]],
+                     sum(p.numel() for p in m.parameters())))
 
-    for m in net.modules():
-        if not list(m.children()):
-            hooks.append(m.register_forward_hook(hook))
+    for m in leaf_layers(net):
+        hooks.append(m.register_forward_hook(hook))
     try:
         was_training = module.training
         module.eval()

@@ -1,0 +1,191 @@
+"""Quality at equal cost: the study's dcgan2 and wgan-gp, as the study has them, against
+the laptop recipe, each trained for the same wall-clock budget on real music and scored
+with several latent seeds. Prints JSON.
+
+    .venv/bin/python benchmarks/bench_quality.py [--minutes 20] [--seeds 3]
+        [--music DIR | --dataset DIR] [--contenders study-dcgan2,study-wgan-gp,laptop]
+        [--parallel N] [--out DIR] [--n 2048]
+
+Data: ``--dataset`` (a segmented mel dataset), else ``--music`` (a folder of audio,
+segmented here once), else the dev music of ``../shared/data/fetch-dev-music``.
+
+Each contender trains with ``train.max_minutes = --minutes`` (and epochs unbounded), one
+after another with the machine's default threads, or ``--parallel N`` at a time with
+cores/N threads each (all contenders then share the machine alike). It is scored with
+``evaluate.seeds = --seeds`` on its ``generator-best.pt`` when its recipe keeps one
+(``train.score_every``), else on its last checkpoint. Every metric is reported as
+mean, standard deviation over the seeds, the real-vs-real baseline and the ratio
+mean / baseline; beat share relative to the real clips'; the memorisation ratio
+(nearest-training-clip distance of generated clips over that of held-out real clips:
+below 1 means copying).
+
+Targets (issue 10) for the best recipe at 20 minutes on 2 cores: ``fd_learned`` at most
+5x its baseline, NDB/K at most 0.3, beat share at least 0.8x the real clips', memorisation
+ratio at least 0.9, and ``fd_learned`` better than both study baselines by more than
+the seed spread (difference of means above the sum of the two standard deviations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONTENDERS = {
+    # name: (preset, model override or None)
+    "study-dcgan2": ("configs/study.yaml", "dcgan2"),
+    "study-wgan-gp": ("configs/study.yaml", "wgan-gp"),
+    "laptop": ("configs/laptop.yaml", None),
+}
+KEYS = ("fd_learned", "fd_hand", "kid_learned", "ndb_k", "inception_score", "beat_share", "memo_nn_ratio")
+
+
+def dataset_for(args: argparse.Namespace, out: Path) -> Path:
+    """The mel dataset to train and score on (segmented here when given audio)."""
+    if args.dataset:
+        return Path(args.dataset).resolve()
+    music = args.music
+    if not music:
+        fetch = REPO.parent / "shared" / "data" / "fetch-dev-music"
+        music = subprocess.run([str(fetch)], check=True, capture_output=True, text=True).stdout.strip()
+    from pipeline.config import load_config
+    from pipeline.segment import segment
+
+    target = out / "dataset"
+    if not (target / "index.jsonl").is_file():
+        config = load_config(None)
+        segment(music, target, config.mel, config.segment, progress=False)
+    return target
+
+
+def contender_config(name: str, dataset: Path, out: Path, minutes: float, threads: int | None):
+    from pipeline.config import load_config
+
+    preset, model = CONTENDERS[name]
+    overrides: dict[str, Any] = {
+        "train.dataset": str(dataset), "train.out_dir": str(out / "train"), "train.max_minutes": minutes,
+        "train.epochs": 100000, "train.progress": False, "train.device": "auto", "train.threads": threads,
+        "tracking.uri": f"sqlite:///{out / 'mlflow.db'}", "tracking.experiment": "bench-quality",
+        "tracking.spool_dir": str(out / "spool"),
+    }
+    if model:
+        overrides["model.name"] = model
+    return load_config(REPO / preset, overrides)
+
+
+def run_contender(name: str, dataset: str, out: str, minutes: float, threads: int | None) -> dict[str, Any]:
+    """Train one contender for its budget (in its own process when run in parallel)."""
+    from pipeline.train import train
+
+    config = contender_config(name, Path(dataset), Path(out), minutes, threads)
+    t0 = time.perf_counter()
+    result = train(config, label=name)
+    best = result.run_dir / "checkpoints" / "generator-best.pt" if result.run_dir else None
+    chosen = best if best is not None and best.is_file() else result.generator_path
+    return {"name": name, "status": result.status, "steps": result.step, "epochs": result.epoch,
+            "train_minutes": round((time.perf_counter() - t0) / 60, 2), "samples_per_s": round(result.samples_per_s, 1),
+            "checkpoint": str(chosen), "checkpoint_kind": "best" if chosen == best else "last",
+            "model": config.model.name, "widths": [config.model.g_width, config.model.d_width],
+            "batch_size": config.train.batch_size, "threads": threads}
+
+
+def score(trained: dict[str, Any], dataset: Path, seeds: int, n: int | None, real=None):
+    from pipeline.config import load_config
+    from pipeline.evaluate.evaluate import evaluate_checkpoint
+
+    cfg = load_config(None, {"evaluate.seeds": seeds, "evaluate.n": n}).evaluate
+    report, real = evaluate_checkpoint(trained["checkpoint"], dataset, cfg, real, progress=False)
+    figures: dict[str, Any] = {}
+    for k in KEYS:
+        mean, std = report.metrics.get(k, float("nan")), report.metrics_std.get(k, float("nan"))
+        base = report.baseline.get(k, float("nan"))
+        figures[k] = {"mean": round(mean, 4), "std": round(std, 4), "baseline": round(base, 4),
+                      "ceiling": round(report.ceiling.get(k, float("nan")), 4),
+                      "ratio": round(mean / base, 3) if base else None,
+                      "ratio_std": round(std / base, 3) if base else None}
+    return {**trained, "metrics": figures, "n_generated": report.info.get("n_generated"),
+            "ndb_clips": report.info.get("ndb_clips")}, real
+
+
+def verdict(results: dict[str, dict[str, Any]], recipe: str = "laptop") -> dict[str, Any]:
+    """Where the recipe stands against each target."""
+    if recipe not in results:
+        return {}
+    m = results[recipe]["metrics"]
+    out: dict[str, Any] = {
+        "fd_learned_ratio<=5": m["fd_learned"]["ratio"] is not None and m["fd_learned"]["ratio"] <= 5,
+        "ndb_k<=0.3": m["ndb_k"]["mean"] <= 0.3,
+        "beat_share_ratio>=0.8": m["beat_share"]["ratio"] is not None and m["beat_share"]["ratio"] >= 0.8,
+        "memo_nn_ratio>=0.9": m["memo_nn_ratio"]["mean"] >= 0.9,
+    }
+    for other, r in results.items():
+        if other == recipe or not other.startswith("study-"):
+            continue
+        o = r["metrics"]["fd_learned"]
+        margin = o["mean"] - m["fd_learned"]["mean"]
+        out[f"beats_{other}_by_more_than_seed_spread"] = bool(margin > o["std"] + m["fd_learned"]["std"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=20.0, help="training budget per contender")
+    p.add_argument("--seeds", type=int, default=3, help="latent seeds per evaluation")
+    p.add_argument("--n", type=int, default=None, help="generated clips per seed (default: evaluate.n)")
+    p.add_argument("--music", help="folder of audio files (default: the dev music)")
+    p.add_argument("--dataset", help="an already segmented mel dataset")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, from: " + ", ".join(CONTENDERS))
+    p.add_argument("--parallel", type=int, default=1, help="contenders trained at once (threads = cores / N each)")
+    p.add_argument("--out", default="out/bench-quality")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        p.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = dataset_for(args, out)
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // args.parallel) if args.parallel > 1 else None
+
+    # train: one after another, or N at a time in separate processes
+    t0 = time.perf_counter()
+    if args.parallel > 1:
+        with ProcessPoolExecutor(args.parallel) as pool:
+            futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads) for n in names]
+            trained = [f.result() for f in futures]
+    else:
+        trained = [run_contender(n, str(dataset), str(out), args.minutes, threads) for n in names]
+
+    # score every contender with the same real data, encoder and seeds
+    results: dict[str, dict[str, Any]] = {}
+    real = None
+    for t in trained:
+        results[t["name"]], real = score(t, dataset, args.seeds, args.n, real)
+    report = {
+        "benchmark": "quality", "minutes": args.minutes, "seeds": args.seeds, "parallel": args.parallel,
+        "dataset": str(dataset), "clips": None if real is None else int(len(real.mels)),
+        "machine": {"cores": cores, "python": platform.python_version()},
+        "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "contenders": results, "targets": verdict(results),
+    }
+    text = json.dumps(report, indent=2)
+    (out / "bench_quality.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

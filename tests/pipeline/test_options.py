@@ -1,0 +1,245 @@
+"""Training options any of the four models can use: spectral norm, loss kinds, two
+learning rates, lazy R1. Each test would fail if its option were silently ignored."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import ConfigError, ModelConfig, TrainConfig, load_config
+from pipeline.models import losses
+from pipeline.models.networks import FIGURES, layer_types
+from pipeline.models.registry import MODELS, get_model
+from pipeline.models.summary import layer_table
+from pipeline.train.step import gan_step
+
+SMALL = ModelConfig(g_width=4, d_width=4, latent_dim=8)
+SN = ModelConfig(g_width=4, d_width=4, latent_dim=8, spectral_norm=True)
+
+
+class Const(nn.Module):
+    """A critic whose output for sample i is scores[i] (whatever the input)."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(scores, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.s[: x.shape[0]]
+
+
+# ----------------------------------------------------------------------------- spectral norm
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_spectral_norm_parametrizes_every_critic_conv_and_keeps_the_figure(name):
+    spec = get_model(name)
+    plain, d = spec.build_critic(SMALL, 32), spec.build_critic(SN, 32)
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in plain.modules())
+    assert layer_types(d) == FIGURES[spec.critic_figure] == layer_types(plain)
+    # the generator is not touched
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in spec.build_generator(SN, 32).modules())
+    # the summary table still counts each conv's weights once
+    x = torch.zeros(2, 1, 32, 32)
+    assert [r[2] for r in layer_table(d, x)] == [r[2] for r in layer_table(plain, x)]
+
+
+def test_spectral_norm_bounds_the_largest_singular_value():
+    d = get_model("wgan-gp").build_critic(SN, 32)
+    d.train()
+    x = torch.randn(4, 1, 32, 32)
+    for _ in range(30):  # power iterations run on training-mode forwards
+        d(x)
+    for m in d.modules():
+        if isinstance(m, nn.Conv2d):
+            sigma = torch.linalg.matrix_norm(m.weight.detach().reshape(m.weight.shape[0], -1), ord=2)
+            assert sigma.item() == pytest.approx(1.0, abs=0.05)
+    raw = get_model("wgan-gp").build_critic(SMALL, 32)
+    sig = [torch.linalg.matrix_norm(m.weight.reshape(m.weight.shape[0], -1), ord=2).item()
+           for m in raw.modules() if isinstance(m, nn.Conv2d)]
+    assert max(sig) < 0.9  # N(0, 0.02) weights: normalisation changed them
+
+
+# ----------------------------------------------------------------------------- loss kinds
+
+
+def test_hinge_loss_on_hand_made_scores():
+    loss = losses.GANLoss("hinge")
+    x = torch.zeros(3, 1, 4, 4)
+    real, fake = Const([2.0, 0.5, -1.0]), Const([-3.0, 0.0, 0.5])
+    # D: mean relu(1 - real) + mean relu(1 + fake) = (0 + .5 + 2)/3 + (0 + 1 + 1.5)/3
+    d_loss, numbers = loss.critic_loss(_Split(real, fake), x, x + 1)
+    assert d_loss.item() == pytest.approx(2.5 / 3 + 2.5 / 3)
+    assert numbers["d_real"].item() == pytest.approx(0.5) and numbers["d_fake"].item() == pytest.approx(-2.5 / 3)
+    g_loss, _ = loss.generator_loss(fake, x)
+    assert g_loss.item() == pytest.approx(2.5 / 3)  # -E D(G(z))
+
+
+class _Split(nn.Module):
+    """Scores real inputs (all zeros) with one critic and anything else with another."""
+
+    def __init__(self, on_real, on_fake):
+        super().__init__()
+        self.on_real, self.on_fake = on_real, on_fake
+
+    def forward(self, x):
+        return self.on_real(x) if bool((x == 0).all()) else self.on_fake(x)
+
+
+def test_bce_with_logits_on_hand_made_scores():
+    loss = losses.GANLoss("bce_logits")
+    x = torch.zeros(2, 1, 4, 4)
+    d_loss, numbers = loss.critic_loss(_Split(Const([0.0, 2.0]), Const([-1.0, 1.0])), x, x + 1)
+    sp = lambda v: math.log1p(math.exp(v))  # noqa: E731  softplus
+    hand = (sp(-0.0) + sp(-2.0)) / 2 + (sp(-1.0) + sp(1.0)) / 2
+    assert d_loss.item() == pytest.approx(hand, rel=1e-6)
+    assert numbers["d_real"].item() == pytest.approx((0.5 + 1 / (1 + math.exp(-2))) / 2)  # a probability
+    g_loss, _ = loss.generator_loss(Const([-1.0, 1.0]), x)
+    assert g_loss.item() == pytest.approx((sp(1.0) + sp(-1.0)) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dcgan1", "dcgan2"])
+def test_a_dcgan_critic_loses_its_sigmoid_for_score_losses(name):
+    spec = get_model(name)
+    for kind in ("hinge", "wasserstein"):
+        tc = TrainConfig(loss=kind)
+        d = spec.build_critic(SMALL, 32, tc)
+        assert layer_types(d) == FIGURES[spec.critic_figure][:-1]  # the figure less its Sigmoid
+        loss = spec.make_loss(tc)
+        assert loss.objective == kind and loss.clip_value is None
+        assert isinstance(loss, losses.DCGANLoss)
+        assert (d(torch.randn(8, 1, 32, 32) * 3)).abs().max() > 0  # raw scores (can be negative)
+    assert layer_types(spec.build_critic(SMALL, 32, TrainConfig(loss="bce")))[-1] == "Sigmoid"
+    assert spec.make_loss(TrainConfig()).objective == "bce"
+
+
+def test_the_wgans_keep_their_regulariser_whatever_the_loss():
+    wc = get_model("wgan-wc").make_loss(TrainConfig(loss="hinge"))
+    assert wc.objective == "hinge" and wc.clip_value == 0.01
+    gp = get_model("wgan-gp").make_loss(TrainConfig(loss="bce"))
+    assert gp.objective == "bce_logits"  # no Sigmoid on a WGAN critic
+    assert isinstance(gp, losses.WGANGPLoss) and any(isinstance(p, losses.GradientPenalty) for p in gp.penalties)
+    critic = get_model("wgan-gp").build_critic(SMALL, 32, TrainConfig(loss="bce"))
+    assert layer_types(critic)[-1] == "Conv2d"
+    _, numbers = gp.critic_loss(critic, torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32))
+    assert "gradient_penalty" in numbers and 0 < numbers["d_real"].item() < 1
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("kind", ["bce", "wasserstein", "hinge"])
+def test_every_model_trains_a_step_with_every_loss_and_options(name, kind):
+    torch.manual_seed(0)
+    spec = get_model(name)
+    tc = TrainConfig(loss=kind, n_critic=2, r1_gamma=1.0, r1_every=1, lr_g=1e-3, lr_d=3e-3)
+    g, d = spec.build_generator(SN, 32), spec.build_critic(SN, 32, tc)
+    loss = spec.make_loss(tc)
+    opt_g, opt_d = spec.make_optimizers(g, d, tc)
+    reals = [torch.rand(4, 1, 32, 32) * 2 - 1 for _ in range(loss.n_critic)]
+    numbers = gan_step(g, d, loss, opt_g, opt_d, reals, SN.latent_dim, torch.Generator().manual_seed(0))
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "r1"} <= set(numbers)
+    assert all(torch.isfinite(v) for v in numbers.values())
+
+
+# ----------------------------------------------------------------------------- two time-scale learning rates
+
+
+def test_lr_g_and_lr_d_reach_the_two_optimisers_and_the_settings():
+    spec = get_model("dcgan2")
+    g, d = spec.build_generator(SMALL, 32), spec.build_critic(SMALL, 32)
+    opt_g, opt_d = spec.make_optimizers(g, d, TrainConfig(lr_g=1e-4, lr_d=4e-4))
+    assert opt_g.param_groups[0]["lr"] == 1e-4 and opt_d.param_groups[0]["lr"] == 4e-4
+    s = spec.settings(TrainConfig(lr_g=1e-4, lr_d=4e-4))
+    assert (s.lr, s.lr_g, s.lr_d) == (2e-4, 1e-4, 4e-4)
+    # null means lr (the model's, or the config's)
+    s = spec.settings(TrainConfig(lr=5e-4, lr_d=1e-3))
+    assert (s.lr_g, s.lr_d) == (5e-4, 1e-3)
+    opt_g, opt_d = spec.make_optimizers(g, d, TrainConfig(lr=5e-4, lr_d=1e-3))
+    assert opt_g.param_groups[0]["lr"] == 5e-4 and opt_d.param_groups[0]["lr"] == 1e-3
+    s = get_model("wgan-gp").settings()
+    assert (s.lr_g, s.lr_d, s.loss, s.r1_gamma) == (1e-4, 1e-4, "wasserstein", None)
+    assert get_model("dcgan1").settings().loss == "bce"
+    assert get_model("wgan-gp").settings(TrainConfig(loss="hinge", r1_gamma=2.0)).loss == "hinge"
+
+
+# ----------------------------------------------------------------------------- lazy R1
+
+
+class _Square(nn.Module):
+    """f(x) = a * sum(x^2) / 2: its input gradient is a * x, so E||grad||^2 = a^2 E||x||^2."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, x):
+        return self.a * (x**2).flatten(1).sum(1) / 2
+
+
+def test_r1_is_added_exactly_every_r1_every_critic_steps_with_the_lazy_scale():
+    real, fake = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    hand_r1 = (2.0**2 * real.flatten(1).pow(2).sum(1)).mean().item()
+    loss = get_model("wgan-gp").make_loss(TrainConfig(r1_gamma=0.5, r1_every=3, gp_weight=0.0))
+    plain = losses.WGANGPLoss(gp_weight=0.0)
+    seen = []
+    for _ in range(7):
+        critic = _Square(2.0)
+        total, numbers = loss.critic_loss(critic, real, fake)
+        base, _ = plain.critic_loss(critic, real, fake)
+        seen.append("r1" in numbers)
+        if "r1" in numbers:
+            assert numbers["r1"].item() == pytest.approx(hand_r1, rel=1e-5)
+            assert (total - base).item() == pytest.approx(0.5 / 2 * hand_r1 * 3, rel=1e-5)
+            total.backward()
+            assert critic.a.grad is not None and critic.a.grad.abs() > 0
+        else:
+            assert total.item() == pytest.approx(base.item())
+    assert seen == [True, False, False, True, False, False, True]
+
+
+def test_the_r1_counter_survives_a_state_dict_round_trip():
+    tc = TrainConfig(r1_gamma=1.0, r1_every=4)
+    a = get_model("dcgan2").make_loss(tc)
+    assert a.state_dict() == {"0": {"critic_steps": 0}}
+    critic = get_model("dcgan2").build_critic(SMALL, 32, tc)
+    real = torch.rand(2, 1, 32, 32)
+    for _ in range(5):
+        a.critic_loss(critic, real, real)
+    b = get_model("dcgan2").make_loss(tc)
+    b.load_state_dict(a.state_dict())
+    # both are at critic step 5: steps 5, 6, 7 skip R1, step 8 computes it, in both
+    flags = [("r1" in x.critic_loss(critic, real, real)[1]) for _ in range(4) for x in (a, b)]
+    assert flags == [False, False, False, False, False, False, True, True]
+    assert get_model("dcgan2").make_loss(TrainConfig()).state_dict() == {}
+    assert get_model("wgan-gp").make_loss(TrainConfig()).state_dict() == {}  # the penalty has no state
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_option_fields_are_validated_naming_the_key(tmp_path):
+    for text, key in [("train:\n  loss: lsgan\n", "train.loss"), ("train:\n  ema_decay: 1.0\n", "train.ema_decay"),
+                      ("train:\n  r1_every: 0\n", "train.r1_every"), ("train:\n  lr_g: 0\n", "train.lr_g"),
+                      ("train:\n  augment_transforms: [pitch]\n", "train.augment_transforms"),
+                      ("data:\n  normalize: global\n", "data.normalize"),
+                      ("model:\n  spectral_norm: 1\n", "model.spectral_norm")]:
+        p = tmp_path / "bad.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=rf"{p}: {key}"):
+            load_config(p)
+    p = tmp_path / "ok.yaml"
+    p.write_text("train: {loss: hinge, lr_g: 1.0e-4, lr_d: 4.0e-4, r1_gamma: 1, ema_decay: 0.999,\n"
+                 "        augment: adaptive, augment_transforms: [shift, gain]}\n"
+                 "model: {spectral_norm: true}\ndata: {normalize: per_bin}\n")
+    c = load_config(p)
+    assert (c.train.loss, c.train.lr_d, c.train.r1_gamma, c.model.spectral_norm, c.data.normalize) == (
+        "hinge", 4e-4, 1.0, True, "per_bin")
+    d = TrainConfig()
+    assert (d.loss, d.lr_g, d.lr_d, d.r1_gamma, d.ema_decay, d.augment) == (None, None, None, None, None, "off")
+    assert ModelConfig().spectral_norm is False
+    p.write_text("train: {augment: off}\n")  # YAML 1.1's false, meant as the word
+    assert load_config(p).train.augment == "off"
