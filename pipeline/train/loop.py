@@ -32,10 +32,13 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import RunConfig
 from pipeline.dataset import MelDataset
 from pipeline.errors import UserError
-from pipeline.models.networks import check_resolution
+from pipeline.models.networks import check_resolution, normalization_meta
 from pipeline.models.registry import get_model
 from pipeline.train import distributed
+from pipeline.train.augment import AugmentedCritic
+from pipeline.train.augment import from_config as augment_from_config
 from pipeline.train.data import BatchStream
+from pipeline.train.ema import EMA
 from pipeline.train.monitor import DivergenceGuard
 from pipeline.train.recorder import (GENERATOR_FILE, LATEST_POINTER, RESULT_FILE, SAMPLE_SEED_OFFSET, STATE_FILE,
                                      NullRecorder, Recorder, RunInfo)
@@ -247,13 +250,17 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     nb = stream.batches_per_epoch
 
     # ---------------------------------------------------------------- networks, loss, optimisers: the state
+    bin_stats = ds.bin_stats() if config.data.normalize == "per_bin" else None
     torch.manual_seed(tc.seed + dist.rank)  # initial weights (DDP then copies rank 0's) and dropout
-    generator = spec.build_generator(mc, resolution).to(device)
-    critic = spec.build_critic(mc, resolution).to(device)
+    generator = spec.build_generator(mc, resolution, bin_stats).to(device)
+    critic = spec.build_critic(mc, resolution, tc, bin_stats).to(device)
     settings = spec.settings(tc)
     opt_g, opt_d = spec.make_optimizers(generator, critic, tc)
-    state = TrainingState(generator, critic, opt_g, opt_d, spec.make_loss(tc), device=device, seed=tc.seed,
-                          rank=dist.rank)
+    state = TrainingState(
+        generator, critic, opt_g, opt_d, spec.make_loss(tc), device=device, seed=tc.seed, rank=dist.rank,
+        ema=EMA(generator, tc.ema_decay, tc.ema_warmup_steps) if tc.ema_decay else None,
+        augment=augment_from_config(tc, ds.mel_config.top_db, spec.critic_has_sigmoid(tc), device,
+                                    tc.seed * 7 + dist.rank))
 
     # ---------------------------------------------------------------- resume
     run_id: str | None = None
@@ -276,7 +283,9 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                  state.epoch + 1, state.batch)
 
     g_model = distributed.wrap(generator, dist)
-    d_model = distributed.wrap(critic, dist)
+    d_model: torch.nn.Module = distributed.wrap(critic, dist)
+    if state.augment is not None:  # the loss sees a critic that augments real, fake and penalty batches alike
+        d_model = AugmentedCritic(d_model, state.augment)
     steps_per_run = (tc.epochs * nb) // settings.n_critic
     total_steps = min(steps_per_run, tc.max_steps) if tc.max_steps else steps_per_run
     step_samples = settings.n_critic * tc.batch_size * dist.world
@@ -306,7 +315,8 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
             resumed_from=resumed_from,
             meta={"model": spec.name, "model_config": mc.model_dump(mode="json"), "resolution": resolution,
                   "latent_dim": mc.latent_dim, "mel_config": ds.mel_config.to_dict(), "label": label,
-                  "dataset": str(data_dir), "dataset_fingerprint": fingerprint})
+                  "dataset": str(data_dir), "dataset_fingerprint": fingerprint, "ema": state.ema is not None,
+                  "normalization": normalization_meta(generator)})
         recorder = Recorder(info, tracking, scorer=_scorer(config, data_dir, resolution, device))
 
     # ---------------------------------------------------------------- the loop
@@ -335,6 +345,11 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                                    state.latent_rng, autocast)
                 state.step += 1
                 state.samples_seen += step_samples
+                if state.ema is not None:
+                    state.ema.update(generator, state.step - 1)
+                if state.augment is not None:  # adaptive strength follows the critic's confidence on reals
+                    state.augment.observe_sign(numbers["d_real_sign"] * tc.batch_size, tc.batch_size)
+                    numbers["augment_p"] = state.augment.p
                 values = {k: float(v) for k, v in numbers.items()}
 
                 # stop on divergence, SIGTERM or the time budget, all ranks together

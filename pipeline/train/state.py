@@ -110,7 +110,7 @@ class TrainingState:
         if self.ema is not None:
             if state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
-            else:  # a run without EMA continued with it: start the average from here
+            else:  # a run without EMA continued with it (--allow-changed-config): average from here
                 self.ema.load_state_dict({"module": _unwrap(self.generator).state_dict(), "updates": 0})
         if self.augment is not None and state.get("augment") is not None:
             self.augment.load_state_dict(state["augment"])

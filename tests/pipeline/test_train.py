@@ -26,6 +26,12 @@ from pipeline.train.cli import EXIT_CODES, resolve
 from pipeline.train.monitor import DivergenceGuard, Prometheus
 from tracking import runs as tracking
 
+def flat(config) -> dict:
+    """A config as dotted overrides (``{"train.batch_size": 4, ...}``)."""
+    return {f"{section}.{k}": v for section, values in config.model_dump(mode="json").items()
+            if isinstance(values, dict) for k, v in values.items() if k != "runs"}
+
+
 def make_config(tmp_path: Path, dataset: Path, **train):
     """A tiny run: 32x32, widths 4, batches of 4 (36 clips -> 9 batches an epoch), its own MLflow store."""
     t = {"batch_size": 4, "epochs": 3, "checkpoint_every": 4, "sample_every": 1000, "progress": False, "n_samples": 4,
@@ -84,7 +90,29 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     for name in ("opt_g", "opt_d"):
         for i, s in state[name]["state"].items():
             out.update({f"{name}.{i}.{k}": v for k, v in s.items()})
+    if state.get("ema"):
+        out.update({f"ema.{k}": v for k, v in state["ema"]["module"].items()})
+    if state.get("augment"):
+        out.update({"augment.p": torch.tensor(state["augment"]["p"]), "augment.rng": state["augment"]["rng"]})
+    def leaves(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                leaves(f"{prefix}.{k}", x)
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                leaves(f"{prefix}.{i}", x)
+        else:
+            out[prefix] = torch.as_tensor(v)
+
+    leaves("loss", state.get("loss") or {})
     return out
+
+
+# every option of the recipe at once, so a resume must restore all of their state
+RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": "adaptive", "train.augment_p": 0.3,
+          "train.augment_interval": 1, "train.augment_speed": 40, "train.r1_gamma": 1.0, "train.r1_every": 3,
+          "train.loss": "hinge", "model.spectral_norm": True, "data.normalize": "per_bin", "train.lr_g": 1e-4,
+          "train.lr_d": 4e-4}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
@@ -104,13 +132,15 @@ def preempt_after(monkeypatch, steps: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,steps", [("dcgan2", 10), ("wgan-gp", 2)])
-def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, steps, monkeypatch):
+@pytest.mark.parametrize("model,steps,options", [("dcgan2", 10, {}), ("wgan-gp", 2, {}), ("dcgan2", 6, RECIPE)],
+                         ids=["dcgan2", "wgan-gp", "dcgan2-recipe"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, small_dataset, model, steps, options, monkeypatch):
     # dcgan2: dropout in both networks (global RNG), 20 steps cross two epoch ends;
-    # wgan-gp: 5 critic steps each, interpolation noise from the latent RNG
+    # wgan-gp: 5 critic steps each, interpolation noise from the latent RNG;
+    # recipe: EMA, adaptive augmentation (own RNG, p), lazy R1 (counter), SN (power iteration buffers)
     def cfg(sub):
         c = make_config(tmp_path / sub, small_dataset, max_steps=2 * steps, epochs=10)
-        return c.model_copy(update={"model": c.model.model_copy(update={"name": model})})
+        return load_config(None, {**flat(c), "model.name": model, **options})
 
     full = train(cfg("full"))
     with monkeypatch.context() as m:
@@ -430,3 +460,32 @@ def test_cli_budget_and_threads_flags_reach_the_config():
     assert (config.train.max_minutes, config.train.threads) == (2.5, 3)
     with pytest.raises(UserError, match="max_minutes"):
         resolve(p.parse_args(["--max-minutes", "0"]))
+
+
+def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
+    """Each option of the recipe leaves a trace that would be missing if it were ignored."""
+    base = make_config(tmp_path, small_dataset, max_steps=6, epochs=10)
+    config = load_config(None, {**flat(base), "model.name": "dcgan2", **RECIPE})
+    result = train(config)
+    state = torch.load(result.run_dir / "checkpoints" / "training-state-latest.pt", weights_only=True)
+    served = torch.load(result.generator_path, weights_only=True)["state_dict"]
+    # EMA: the checkpoint that is sampled, scored and served holds the average, not the raw weights
+    weights = [k for k in served if k.endswith(".weight")]
+    assert all(torch.equal(served[k], state["ema"]["module"][k]) for k in weights)
+    assert any(not torch.equal(served[k], state["generator"][k]) for k in weights)
+    # adaptive augmentation: p is logged every step and moved from its start
+    client = tracking.get_client(config.tracking.uri)
+    ps = [m.value for m in sorted(client.get_metric_history(result.run_id, "augment_p"), key=lambda m: m.step)]
+    assert len(ps) == 6 and ps[-1] != pytest.approx(0.3)
+    # lazy R1 every 3rd critic step, hinge loss, two learning rates, spectral norm in the critic
+    assert len(client.get_metric_history(result.run_id, "r1")) >= 1
+    params = client.get_run(result.run_id).data.params
+    assert (params["optim.loss"], params["optim.lr_g"], params["optim.lr_d"]) == ("hinge", "0.0001", "0.0004")
+    assert state["opt_g"]["param_groups"][0]["lr"] == 1e-4 and state["opt_d"]["param_groups"][0]["lr"] == 4e-4
+    assert any("parametrizations" in k for k in state["critic"])
+    # per-bin normalisation: saved in the checkpoint, and the generator's output stays a mel in [-1, 1]
+    g, meta = ckpt.load_generator(result.generator_path)
+    assert meta["normalization"]["kind"] == "per_bin" and len(meta["normalization"]["mean"]) == 32
+    with torch.no_grad():
+        out = g(torch.randn(8, 16))
+    assert out.min() >= -1 and out.max() <= 1
