@@ -428,6 +428,13 @@ class EvaluateConfig(Section):
     n: int = Field(2048, ge=16, le=1_000_000, description="generated clips scored per checkpoint")
     max_real: Optional[int] = Field(None, ge=16, description="cap on real clips used; null = the whole dataset")
     seed: int = Field(0, description="latents, real halves, k-means and encoder initialisation")
+    seeds: int = Field(3, ge=1, le=100, description="independent latent draws (seed, seed+1, ...) per checkpoint; "
+                       "every metric is reported as their mean and standard deviation")
+    ndb_clips: int = Field(512, ge=16, le=1_000_000, description="NDB/K compares this many clips of each side "
+                           "(capped at the held-out half and at n): its test power, so the figure, depends on it")
+    ceiling: bool = Field(True, description="also score real held-out clips rendered to audio (Griffin-Lim) and "
+                          "analysed again: what the renderer alone costs (rendered once per dataset, cached)")
+    ceiling_clips: int = Field(512, ge=8, le=100_000, description="held-out clips the ceiling renders, at most")
     batch_size: int = Field(256, ge=1, le=65536, description="clips per generator/encoder forward pass")
     kmeans_k: int = Field(50, ge=2, le=10000, description="NDB/K bins (Richardson & Weiss use 50)")
     kmeans_iters: int = Field(30, ge=1, le=1000)

@@ -106,8 +106,17 @@ def train_encoder(mels: np.ndarray, labels: np.ndarray, n_tracks: int, cfg: Eval
     like rather than where in the 5 s a hit falls. Returns (model, summary)."""
     if n_tracks < 2:
         raise UserError("the feature encoder needs a dataset of at least 2 tracks to learn from")
+    # the global RNG seeds the layers' initialisation; forked, so a training loop that
+    # builds its QuickScore (and this encoder) mid-run keeps its RNG stream: resume is bit-exact
+    # (the CPU generator only: torch.manual_seed would also reseed every CUDA device's)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(cfg.seed)
+        return _train_encoder(mels, labels, n_tracks, cfg, progress)
+
+
+def _train_encoder(mels: np.ndarray, labels: np.ndarray, n_tracks: int, cfg: EvaluateConfig,
+                   progress: bool) -> tuple[TrackEncoder, dict]:
     g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # BatchNorm/Linear initialisation
     x = torch.as_tensor(np.asarray(mels), dtype=torch.float32)[:, None]  # [N, 1, R, R]
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     order = torch.randperm(len(x), generator=g)
@@ -160,7 +169,8 @@ def load_encoder(path: str | Path) -> Encoder:
     if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
         raise UserError(f"{p}: not a {ENCODER_FORMAT} checkpoint")
     meta = json.loads(payload["meta"])
-    model = TrackEncoder(meta["n_tracks"], meta["width"], meta["embed_dim"])
+    with torch.random.fork_rng(devices=[]):  # building the layers draws initial weights: not from the caller's stream
+        model = TrackEncoder(meta["n_tracks"], meta["width"], meta["embed_dim"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return Encoder(model, p, sha256_file(p), meta)

@@ -4,9 +4,12 @@ Compares every finished run of the experiment on the selection metric (default
 ``eval.fd_learned``, the Fréchet distance on the in-project encoder's features; lower
 is better, see ``pipeline.evaluate.metrics`` for each metric's direction), registers
 the winner's generator in the MLflow model registry and points the alias
-``champion`` at that version. Prints a comparison table of all runs (model, samples,
-epochs, every ``eval.*`` metric, and the real-vs-real baseline as a last row) and
-logs it, as Markdown and JSON, to the winning run under ``promotion/``.
+``champion`` at that version. ``evaluate`` logs ``eval.<key>`` as the mean over its
+latent seeds, so runs are ranked on the mean; equal means go to the smaller seed
+spread (``eval.std.<key>``). Prints a comparison table of all runs (model, samples,
+epochs, every ``eval.*`` metric as mean ± std where a std was logged, then the
+real-vs-real baseline and the renderer ceiling as last rows) and logs it, as
+Markdown and JSON, to the winning run under ``promotion/``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.config import add_config_argument, config_from_args
 from pipeline.errors import UserError
-from pipeline.evaluate.evaluate import BASELINE_PREFIX, PREFIX
+from pipeline.evaluate.evaluate import BASELINE_PREFIX, CEILING_PREFIX, PREFIX, STD_PREFIX
 from pipeline.evaluate.metrics import higher_is_better
 from pipeline.fsutil import atomic_write_text
 
@@ -54,23 +57,42 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
 
 
+def _std_key(metric: str) -> str:
+    """``eval.fd_learned`` -> ``eval.std.fd_learned``: where evaluate logs the seed spread."""
+    return STD_PREFIX + metric[len(PREFIX):] if metric.startswith(PREFIX) else metric + ".std"
+
+
+def _cell(metrics: dict, key: str) -> str:
+    mean, std = metrics.get(key), metrics.get(_std_key(key))
+    if isinstance(std, (int, float)) and math.isfinite(std) and _fmt(mean) != "-":
+        return f"{_fmt(mean)} ± {std:.2g}"
+    return _fmt(mean)
+
+
 def comparison(rows: list, metric: str) -> tuple[list[str], list[list[str]], dict]:
-    """(header, table rows, JSON) of runs: selection metric first, then every eval.* metric."""
-    keys = sorted({k for r in rows for k in r.metrics if k.startswith(PREFIX) and not k.startswith(BASELINE_PREFIX)})
+    """(header, table rows, JSON) of runs: selection metric first, then every eval.<key> mean
+    (± its seed spread when logged); the real-vs-real baseline and the renderer ceiling last."""
+    derived = (BASELINE_PREFIX, STD_PREFIX, CEILING_PREFIX)
+    keys = sorted({k for r in rows for k in r.metrics if k.startswith(PREFIX) and not k.startswith(derived)})
     keys = [metric] + [k for k in keys if k != metric]
     header = ["run", "model", "samples", "epochs"] + [k[len(PREFIX):] if k.startswith(PREFIX) else k for k in keys]
-    body = [[r.name, r.model, r.samples, r.epochs] + [_fmt(r.metrics.get(k)) for k in keys] for r in rows]
-    # the real-vs-real baseline of the newest evaluated run: what real data itself scores
-    with_base = [r for r in rows if any(k.startswith(BASELINE_PREFIX) for k in r.metrics)]
-    base_row = None
-    if with_base:
-        b = with_base[0].metrics
-        base_row = ["(real vs real)", "-", "-", "-"] + [_fmt(b.get(BASELINE_PREFIX + k[len(PREFIX):])) for k in keys]
-        body.append(base_row)
-    data = {"metric": metric, "lower_is_better": not higher_is_better(metric), "columns": header,
-            "runs": [{"run_id": r.run_id, "name": r.name, "model": r.model, "samples": r.samples, "epochs": r.epochs,
-                      "metrics": {k: r.metrics.get(k) for k in keys}} for r in rows],
-            "baseline": dict(zip(header[4:], base_row[4:])) if base_row else None}
+    body = [[r.name, r.model, r.samples, r.epochs] + [_cell(r.metrics, k) for k in keys] for r in rows]
+    data: dict = {"metric": metric, "lower_is_better": not higher_is_better(metric), "columns": header,
+                  "runs": [{"run_id": r.run_id, "name": r.name, "model": r.model, "samples": r.samples,
+                            "epochs": r.epochs, "metrics": {k: r.metrics.get(k) for k in keys},
+                            "std": {k: r.metrics[_std_key(k)] for k in keys if _std_key(k) in r.metrics}}
+                           for r in rows]}
+    # the newest evaluated run's real-vs-real baseline (what real data itself scores) and
+    # renderer ceiling (real clips through Griffin-Lim and back)
+    for label, prefix, name in (("(real vs real)", BASELINE_PREFIX, "baseline"),
+                                ("(real through audio)", CEILING_PREFIX, "ceiling")):
+        having = [r for r in rows if any(k.startswith(prefix) for k in r.metrics)]
+        row = None
+        if having:
+            m = having[0].metrics
+            row = [label, "-", "-", "-"] + [_fmt(m.get(prefix + k[len(PREFIX):])) for k in keys]
+            body.append(row)
+        data[name] = dict(zip(header[4:], row[4:])) if row else None
     return header, body, data
 
 
@@ -101,9 +123,15 @@ def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = 
         raise UserError(f"no finished run of experiment {experiment!r} has the metric {metric!r}: "
                         f"score them first (technogan evaluate --run-id ID)")
     higher = higher_is_better(metric)
-    winner = (max if higher else min)(scored, key=lambda r: r.metrics[metric])
+
+    def rank(r) -> tuple[float, float]:
+        # the mean over evaluate's seeds, best first; equal means: the smaller spread first
+        std = r.metrics.get(_std_key(metric), 0.0)
+        return (-r.metrics[metric] if higher else r.metrics[metric], std if math.isfinite(std) else math.inf)
+
     # winner first, then the others best to worst, unscored last
-    ranked = sorted(scored, key=lambda r: -r.metrics[metric] if higher else r.metrics[metric])
+    ranked = sorted(scored, key=rank)
+    winner = ranked[0]
     ordered = ranked + [r for r in rows if r not in scored]
     header, body, data = comparison(ordered, metric)
     md = (f"# Champion: {winner.name} ({winner.model}), run {winner.run_id}\n\n"

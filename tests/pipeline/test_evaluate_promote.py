@@ -80,3 +80,22 @@ def test_cli_promote_prints_the_table(runs, monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "dcgan2" in out and "(real vs real)" in out and "@champion" in out
     assert registry.resolve_alias("champion", uri=uri).run_id == ids["dcgan2"]  # default name from config
+
+
+def test_promote_ranks_on_the_seed_mean_breaks_ties_on_the_spread_and_shows_both(tmp_path):
+    uri = store_uri(tmp_path)
+    runs = {  # name: (mean fd_learned, its std over seeds)
+        "steady": (2.5, 0.1), "lucky-mean": (2.0, 3.0), "tie-wide": (3.0, 0.8), "tie-narrow": (3.0, 0.2)}
+    ids = {name: make_run(uri, "seeds", tmp_path, name=name, metrics={
+        "eval.fd_learned": mean, "eval.std.fd_learned": std, "eval.baseline.fd_learned": 0.5,
+        "eval.ceiling.fd_learned": 0.9, "epoch": 1.0}) for name, (mean, std) in runs.items()}
+    result = promote("seeds", "eval.fd_learned", "gen-seeds", "champion", uri)
+    assert result.winner.run_id == ids["lucky-mean"]  # the lowest mean wins, whatever its spread
+    names = [row[0] for row in result.body]
+    assert names == ["lucky-mean", "steady", "tie-narrow", "tie-wide", "(real vs real)", "(real through audio)"]
+    # std and ceiling keys are not metrics of their own in the table: they sit beside the mean and below
+    assert result.header == ["run", "model", "samples", "epochs", "fd_learned"]
+    assert result.body[0][4] == "2 ± 3" and result.body[1][4] == "2.5 ± 0.1"
+    assert result.body[-2][4] == "0.5" and result.body[-1][4] == "0.9"
+    assert result.table_json["runs"][0]["std"] == {"eval.fd_learned": 3.0}
+    assert result.table_json["ceiling"] == {"fd_learned": "0.9"}

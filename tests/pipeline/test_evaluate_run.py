@@ -11,11 +11,12 @@ import pytest
 from pipeline.cli import main as cli_main
 from pipeline.config import EvaluateConfig
 from pipeline.errors import UserError
-from pipeline.evaluate.evaluate import BASELINE_PREFIX, PREFIX, evaluate_run
+from pipeline.evaluate.evaluate import BASELINE_PREFIX, CEILING_PREFIX, PREFIX, STD_PREFIX, evaluate_run
 from tests.tracking.eval_runs import artifacts, make_run, store_uri
 from tracking.runs import get_client
 
-FAST = dict(n=64, encoder_steps=30, kmeans_k=4, kid_subsets=5, kid_subset_size=16, batch_size=64)
+FAST = dict(n=64, encoder_steps=30, kmeans_k=4, kid_subsets=5, kid_subset_size=16, batch_size=64, seeds=2,
+            render_iterations=2)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,11 @@ def test_metrics_appear_on_the_mlflow_run(tmp_path, small_dataset, encoder_dir):
     for key, value in report.metrics.items():
         assert logged[PREFIX + key] == pytest.approx(value), key
         assert BASELINE_PREFIX + key in logged, key
+        # two seeds: the mean above, the spread and the renderer ceiling beside it
+        assert logged[STD_PREFIX + key] == pytest.approx(report.metrics_std[key]), key
+        assert logged[CEILING_PREFIX + key] == pytest.approx(report.ceiling[key]), key
+    assert run.data.tags["technogan.eval.seeds"] == "2"
+    assert run.data.tags["technogan.eval.ndb_clips"] == "18"  # capped at the held-out half
     for key in ("fd_hand", "fd_learned", "kid_hand", "kid_learned", "inception_score", "ndb_k", "ndb_js",
                 "memo_nn_ratio", "beat_share", "tempo_js"):
         assert PREFIX + key in logged, key
@@ -59,6 +65,8 @@ def test_metrics_appear_on_the_mlflow_run(tmp_path, small_dataset, encoder_dir):
     saved = json.loads((tmp_path / "reports" / "report.json").read_text())
     assert saved["info"]["encoder_id"] == report.info["encoder_id"]
     assert saved["info"]["n_generated"] == 64 and saved["info"]["n_ref"] == 18
+    assert saved["info"]["seeds"] == [0, 1] and len(saved["per_seed"]["generated"]) == 2
+    assert saved["metrics_std"]["fd_learned"] == pytest.approx(report.metrics_std["fd_learned"])
     assert "| fd_learned |" in (tmp_path / "reports" / "report.md").read_text()
 
 
@@ -88,6 +96,12 @@ def test_cli_evaluate_and_its_errors(tmp_path, small_dataset, encoder_dir, monke
     out = capsys.readouterr().out
     assert "fd_learned" in out and "real baseline" in out
     assert get_client(uri).get_run(rid).data.tags["technogan.eval.n"] == "32"
+    # --seeds: one draw, so no spread to show or log
+    assert cli_main(["evaluate", "--run-id", rid, "--config", str(cfg_file), "--dataset", str(small_dataset),
+                     "--n", "32", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "x 1 seed(s)" in out and "±" not in out
+    assert get_client(uri).get_run(rid).data.tags["technogan.eval.seeds"] == "1"
     with pytest.raises(UserError, match="latest, best or all"):
         evaluate_run(rid, "newest", dataset=small_dataset, cfg=EvaluateConfig(**FAST), uri=uri)
 
