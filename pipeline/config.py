@@ -255,11 +255,16 @@ class ModelConfig(Section):
 
 
 class StudyRunConfig(Section):
-    """One named run of the study (configs/study.yaml): a model trained E epochs on N clips."""
+    """A named run (``technogan train --run NAME``): one of the study's (configs/study.yaml: a
+    model trained E epochs on N clips), or a recipe: the model, data and train sections of
+    another ``preset`` on this config's data and tracking (quickstart's ``laptop`` run)."""
 
-    model: str
-    epochs: int = Field(ge=1)
+    model: Optional[str] = Field(None, description="registry name; null = the preset's (or the config's)")
+    epochs: Optional[int] = Field(None, ge=1, description="null = the preset's (or the config's)")
     max_samples: Optional[int] = Field(None, ge=1, description="capped at the dataset size")
+    max_minutes: Optional[float] = Field(None, gt=0.0, description="wall-clock budget of this run")
+    preset: Optional[str] = Field(None, description="a preset file, or the name of a packaged one (laptop), whose "
+                                  "model, data and train sections this run trains with")
     description: str = ""
 
 
@@ -526,6 +531,42 @@ def read_yaml(path: str | os.PathLike, what: str = "file", hint: str = "") -> An
 DEFAULT_PRESET = Path(__file__).resolve().parent / "presets" / "quickstart.yaml"
 
 
+def preset_path(name: str) -> Path:
+    """A preset by file path, or by the name of one packaged beside the embedded defaults."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    packaged = DEFAULT_PRESET.parent / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    known = ", ".join(sorted(f.stem for f in DEFAULT_PRESET.parent.glob("*.yaml")))
+    raise ConfigError(f"preset {name!r}: no such file, nor a packaged preset (packaged: {known})")
+
+
+# what a recipe preset brings to a named run; the rest (mel, tracking, serving, where the
+# data and outputs live) stays the running config's
+_RECIPE_KEEPS = {"train": ("dataset", "out_dir", "progress", "runs", "prometheus_port", "pushgateway", "device")}
+
+
+def named_run(config: RunConfig, name: str, where: str = "the config") -> RunConfig:
+    """``config`` set up for its named run ``name`` (``train.runs``); ConfigError listing the known names."""
+    runs = config.train.runs
+    if name not in runs:
+        raise ConfigError(f"{where}: no run {name!r} under train.runs (known: {', '.join(runs) or 'none'})")
+    r = runs[name]
+    data = config.model_dump(mode="json")
+    if r.preset:
+        recipe = load_config(preset_path(r.preset)).model_dump(mode="json")
+        for section in ("model", "data", "train"):
+            keep = {k: data[section][k] for k in _RECIPE_KEEPS.get(section, ())}
+            data[section] = {**recipe[section], **keep}
+    for section, key, value in (("model", "name", r.model), ("train", "epochs", r.epochs),
+                                ("data", "max_samples", r.max_samples), ("train", "max_minutes", r.max_minutes)):
+        if value is not None:
+            data[section][key] = value
+    return _validate(RunConfig, data, f"{where}: train.runs.{name}")
+
+
 def add_config_argument(p: argparse.ArgumentParser, what: str = "") -> None:
     """The ``--config`` option of every command: one default for all of them."""
     p.add_argument("--config", metavar="FILE", default=None,
@@ -541,14 +582,21 @@ def config_from_args(args: argparse.Namespace, overrides: dict[str, Any] | None 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML preset (or the embedded defaults, the quickstart preset, when ``path`` is
     None), apply dotted-key ``overrides`` (``{"data.max_samples": 100}``) and validate everything."""
-    data: dict[str, Any] = {}
     where = str(path) if path is not None else "<defaults>"
     loaded = read_yaml(path if path is not None else DEFAULT_PRESET, "config file")
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{where}: top level must be a mapping, got {type(loaded).__name__}")
-    data = loaded
+    return _validate(RunConfig, _apply(loaded, overrides, where), where)
+
+
+def override(config: RunConfig, overrides: dict[str, Any], where: str = "<overrides>") -> RunConfig:
+    """``config`` with dotted-key ``overrides`` applied (None values skipped), validated again."""
+    return _validate(RunConfig, _apply(config.model_dump(mode="json"), overrides, where), where)
+
+
+def _apply(data: dict[str, Any], overrides: dict[str, Any] | None, where: str) -> dict[str, Any]:
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -559,4 +607,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             if not isinstance(node, dict):
                 raise ConfigError(f"{where}: {key}: cannot override inside a non-mapping")
         node[parts[-1]] = value
-    return _validate(RunConfig, data, where)
+    return data

@@ -61,16 +61,19 @@ def step_plot(ctx: RunContext) -> None:
 
 
 def step_train(ctx: RunContext) -> None:
-    """Train every registered model briefly (the preset's train section); run ids go to
-    ``ctx.state["train_runs"]`` ({model name: MLflow run id}) for evaluation."""
+    """Train every registered model briefly (the preset's train section), then every named
+    run with a recipe preset beside them (quickstart's ``laptop``); run ids go to
+    ``ctx.state["train_runs"]`` ({label: MLflow run id}) for evaluation."""
+    from pipeline.config import named_run, override
     from pipeline.models.registry import MODELS
     from pipeline.train.loop import previous_result, train
     from tracking.runs import tracking_uri
 
     runs: dict[str, str] = {}
     out = ctx.out / "train"
-    for name in MODELS:
-        config = ctx.config.model_copy(update={"model": ctx.config.model.model_copy(update={"name": name})})
+    jobs = [(name, override(ctx.config, {"model.name": name})) for name in MODELS]
+    jobs += [(name, named_run(ctx.config, name)) for name, r in ctx.config.train.runs.items() if r.preset]
+    for name, config in jobs:
         done = previous_result(config, name, ctx.dataset_dir, out)
         if done:
             log.info("%s: already trained with this config (run %s); skipped", name, done["run_id"])
@@ -137,14 +140,38 @@ def step_promote(ctx: RunContext) -> None:
                                f"(run {result.winner.run_id}, {result.winner.model})")
     ctx.state["champion"] = {"name": ev.registry_model, "alias": ev.champion_alias, "version": result.version,
                              "run_id": result.winner.run_id, "model": result.winner.model}
+    path, _ = champion_checkpoint(ctx.out / "champion" / "checkpoint", ev.registry_model, ev.champion_alias,
+                                  c.tracking.uri)
+    ctx.outputs["champion quality"] = champion_quality(ctx, path)
+    print(f"champion quality: {ctx.outputs['champion quality']}")
     if ev.demo_wavs:
-        path, _ = champion_checkpoint(ctx.out / "champion" / "checkpoint", ev.registry_model, ev.champion_alias,
-                                      c.tracking.uri)
         made = generate_files(path, ctx.out / "champion", n=ev.demo_wavs, formats=("png", "wav", "npy"),
                               seed=ev.seed, render_iterations=ev.render_iterations,
                               mel_inverse=ev.render_mel_inverse)
         wavs = [f for f in made.files if f.suffix == ".wav"]
         ctx.outputs["champion audio"] = f"{ctx.out / 'champion'} ({len(wavs)} WAV files, mels.png, mels.npy)"
+
+
+def champion_quality(ctx: RunContext, checkpoint: Path) -> str:
+    """Has the champion learned? Its learned FD against the same network untrained, and its
+    beat share against the real clips' (scored like ``evaluate``, written to quality.json)."""
+    import json
+
+    from pipeline.evaluate.evaluate import evaluate_checkpoint
+
+    cfg = ctx.config.evaluate
+    trained, real = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, progress=False)
+    untrained, _ = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, real, progress=False, untrained=True)
+    fd, fd0 = trained.metrics["fd_learned"], untrained.metrics["fd_learned"]
+    beats, real_beats = trained.metrics["beat_share"], trained.baseline["beat_share"]
+    figures = {"fd_learned": fd, "fd_learned_untrained": fd0, "fd_learned_ratio": fd / fd0,
+               "fd_learned_real_baseline": trained.baseline["fd_learned"], "beat_share": beats,
+               "beat_share_real": real_beats, "learned": bool(beats > 0 and fd <= fd0 / 3), "seeds": trained.seeds}
+    (ctx.out / "champion").mkdir(parents=True, exist_ok=True)
+    (ctx.out / "champion" / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
+    verdict = "it has learned" if figures["learned"] else "NOT learned enough (target: beat share > 0, FD <= 1/3)"
+    return (f"fd_learned {fd:.3g} = {fd / fd0:.2f}x the untrained network's {fd0:.3g} (real vs real "
+            f"{trained.baseline['fd_learned']:.3g}); beat share {beats:.2f} (real clips {real_beats:.2f}): {verdict}")
 
 
 # The main job, in order. Later stages append their step here.

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import EvaluateConfig, MelConfig, add_config_argument, config_from_args
@@ -366,13 +368,17 @@ def score_seeds(draw: Callable[[int], np.ndarray], seeds: Sequence[int], real: R
 
 
 def evaluate_checkpoint(path: str | Path, dataset: str | Path, cfg: EvaluateConfig, real: RealData | None = None,
-                        progress: bool = True) -> tuple[Report, RealData]:
+                        progress: bool = True, untrained: bool = False) -> tuple[Report, RealData]:
     """Score the generator checkpoint at ``path`` against ``dataset``. Pass ``real`` back in
-    to score several checkpoints of one resolution without reloading the data."""
+    to score several checkpoints of one resolution without reloading the data.
+    ``untrained``: score the checkpoint's network with fresh initial weights instead, the
+    reference that says how much training achieved."""
     from pipeline.checkpoint import load_generator
     from pipeline.generate import generate_mels
 
     generator, meta = load_generator(path)
+    if untrained:
+        reinitialise(generator, cfg.seed)
     mel_config = MelConfig.from_dict(meta["mel_config"])
     resolution = int(meta["resolution"])
     if real is None or real.resolution != resolution or Path(real.root) != Path(dataset):
@@ -387,6 +393,19 @@ def evaluate_checkpoint(path: str | Path, dataset: str | Path, cfg: EvaluateConf
                         "epoch": meta.get("epoch"), "step": meta.get("step"),
                         "seconds": round(time.perf_counter() - t0, 2)})
     return report, real
+
+
+def reinitialise(generator: nn.Module, seed: int) -> None:
+    """Fresh initial weights (the registry's initialisation, BatchNorm statistics reset), drawn
+    from ``seed`` without touching the global random state; fixed layers (per-bin) stay."""
+    from pipeline.models.networks import init_weights
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init_weights(generator)
+    for m in generator.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
 
 
 # ----------------------------------------------------------------------------- against a run

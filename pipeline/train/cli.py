@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.config import add_config_argument, load_config
+from pipeline.config import add_config_argument, load_config, named_run, override
 from pipeline.errors import UserError
 from pipeline.models.registry import MODELS
 
@@ -52,25 +52,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):
     """(config with the flags applied, run label)."""
-    base = load_config(args.config)
-    overrides: dict = {}
+    where = args.config or "the embedded defaults"
+    config = load_config(args.config)
     label = None
     if args.study_run:
-        runs = base.train.runs
-        if args.study_run not in runs:
-            known = ", ".join(runs) or "none in this config"
-            raise UserError(f"{args.config or 'the embedded defaults'}: no run {args.study_run!r} under train.runs "
-                            f"(known: {known})")
-        r = runs[args.study_run]
-        overrides.update({"model.name": r.model, "train.epochs": r.epochs, "data.max_samples": r.max_samples})
+        config = named_run(config, args.study_run, where)
         label = args.study_run
-    overrides.update({k: v for k, v in {
+    flags = {
         "model.name": args.model, "train.epochs": args.epochs, "data.max_samples": args.max_samples,
         "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes, "train.threads": args.threads,
         "train.batch_size": args.batch_size, "train.seed": args.seed,
         "train.device": args.device, "train.dataset": args.dataset, "train.out_dir": args.out,
-    }.items() if v is not None})
-    return load_config(args.config, overrides), label
+    }
+    return override(config, flags, f"{where} with the command's flags"), label
 
 
 def main(args: argparse.Namespace) -> int:

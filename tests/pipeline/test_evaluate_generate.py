@@ -100,7 +100,13 @@ def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_data
     out = Path(ctx.out)
     assert (out / "evaluation" / "comparison.md").is_file()
     assert sorted(p.name for p in (out / "champion").glob("clip-*.wav")) == ["clip-000.wav", "clip-001.wav"]
-    assert {"comparison table", "champion", "champion audio", "dcgan1 evaluation"} <= set(ctx.outputs)
+    assert {"comparison table", "champion", "champion audio", "dcgan1 evaluation", "champion quality"} <= set(ctx.outputs)
+    # the summary's quality line: the champion as evaluate scored it, against the same network untrained
+    quality = json.loads((out / "champion" / "quality.json").read_text())
+    assert quality["fd_learned"] == pytest.approx(fds[champion["model"]], rel=1e-6)
+    assert quality["fd_learned_untrained"] != pytest.approx(quality["fd_learned"])
+    assert quality["fd_learned_ratio"] == pytest.approx(quality["fd_learned"] / quality["fd_learned_untrained"])
+    assert quality["learned"] == (quality["beat_share"] > 0 and quality["fd_learned_ratio"] <= 1 / 3)
     # a second pass scores nothing again and keeps the champion
     before = len(client.get_metric_history(runs["dcgan1"], "eval.fd_learned"))
     step_evaluate(ctx)

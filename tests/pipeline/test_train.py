@@ -489,3 +489,23 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
     with torch.no_grad():
         out = g(torch.randn(8, 16))
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_the_best_checkpoint_is_the_one_with_the_lowest_logged_score(tmp_path, small_dataset):
+    base = make_config(tmp_path, small_dataset, max_steps=8, epochs=10, score_every=2, score_clips=32)
+    config = load_config(None, {**flat(base), "evaluate.encoder_steps": 20, "evaluate.encoder_dir": str(tmp_path / "enc")})
+    result = train(config)
+    client = tracking.get_client(config.tracking.uri)
+    scores = {m.step: m.value for m in client.get_metric_history(result.run_id, "score.fd_learned")}
+    assert sorted(scores) == [2, 4, 6, 8]  # every 2 steps; the last step is scored once
+    best_step = min(scores, key=lambda s: scores[s])
+    meta = ckpt.read_meta(result.run_dir / "checkpoints" / "generator-best.pt")
+    assert meta["step"] == best_step and meta["score"]["fd_learned"] == pytest.approx(scores[best_step])
+    run = client.get_run(result.run_id)
+    assert run.data.tags["technogan.best_step"] == str(best_step)
+    assert run.data.metrics["best.fd_learned"] == pytest.approx(scores[best_step])
+    assert "checkpoints/generator-best.pt" in artifacts(client, result.run_id)
+    # the score draws nothing from training's random streams: the weights equal an unscored run's
+    plain = train(make_config(tmp_path / "plain", small_dataset, max_steps=8, epochs=10))
+    a, b = _weights(result.run_dir), _weights(plain.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
