@@ -50,6 +50,7 @@ def test_spectral_norm_parametrizes_every_critic_conv_and_keeps_the_figure(name)
 
 
 def test_spectral_norm_bounds_the_largest_singular_value():
+    torch.manual_seed(0)
     d = get_model("wgan-gp").build_critic(SN, 32)
     d.train()
     x = torch.randn(4, 1, 32, 32)
@@ -113,7 +114,8 @@ def test_a_dcgan_critic_loses_its_sigmoid_for_score_losses(name):
         loss = spec.make_loss(tc)
         assert loss.objective == kind and loss.clip_value is None
         assert isinstance(loss, losses.DCGANLoss)
-        assert (d(torch.randn(8, 1, 32, 32) * 3)).abs().max() > 0  # raw scores (can be negative)
+        torch.manual_seed(0)
+        assert (d(torch.randn(16, 1, 32, 32)) < 0).any()  # raw scores: a probability is never negative
     assert layer_types(spec.build_critic(SMALL, 32, TrainConfig(loss="bce")))[-1] == "Sigmoid"
     assert spec.make_loss(TrainConfig()).objective == "bce"
 
