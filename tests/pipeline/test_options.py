@@ -206,7 +206,7 @@ def test_r1_is_added_exactly_every_r1_every_critic_steps_with_the_lazy_scale():
 def test_the_r1_counter_survives_a_state_dict_round_trip():
     tc = TrainConfig(r1_gamma=1.0, r1_every=4)
     a = get_model("dcgan2").make_loss(tc)
-    assert a.state_dict() == {"0": {"critic_steps": 0}}
+    assert a.state_dict() == {"r1": {"critic_steps": 0}}
     critic = get_model("dcgan2").build_critic(SMALL, 32, tc)
     real = torch.rand(2, 1, 32, 32)
     for _ in range(5):
