@@ -124,6 +124,8 @@ def r1_penalty(critic: nn.Module, real: torch.Tensor) -> torch.Tensor:
 class Penalty(Protocol):
     """A term added to the critic loss: (weighted term or None when not due this step, numbers)."""
 
+    name: str  # its key in the loss's state_dict
+
     def __call__(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                  rng: torch.Generator | None) -> tuple[torch.Tensor | None, Numbers]: ...
 
@@ -134,6 +136,8 @@ class Penalty(Protocol):
 
 class GradientPenalty:
     """WGAN-GP's ``weight * gradient_penalty`` on every critic step."""
+
+    name = "gradient_penalty"
 
     def __init__(self, weight: float):
         self.weight = weight
@@ -153,6 +157,8 @@ class LazyR1:
     """(gamma / 2) * E||grad D(x_real)||^2 * every, on critic steps 0, every, 2*every, ...
     (StyleGAN2's lazy regularisation: the same expected penalty at 1/every of the cost).
     The critic-step counter is state, so a resumed run keeps the schedule."""
+
+    name = "r1"
 
     def __init__(self, gamma: float, every: int = 16):
         if every < 1:
@@ -220,17 +226,13 @@ class GANLoss:
         return loss, {"g_loss": loss.detach(), "d_fake_g": d_fake.mean()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Each penalty's state by its position ({} when none has any)."""
-        return {str(i): s for i, p in enumerate(self.penalties) if (s := p.state_dict())}
+        """Each penalty's state by its name, e.g. {"r1": {"critic_steps": 5}} ({} when none has any)."""
+        return {p.name: s for p in self.penalties if (s := p.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for i, p in enumerate(self.penalties):
-            if str(i) in state:
-                p.load_state_dict(state[str(i)])
-
-
-def with_r1(penalties: list[Penalty], r1_gamma: float | None, r1_every: int) -> list[Penalty]:
-    return penalties + [LazyR1(r1_gamma, r1_every)] if r1_gamma else penalties
+        for p in self.penalties:
+            if p.name in state:
+                p.load_state_dict(state[p.name])
 
 
 class DCGANLoss(GANLoss):

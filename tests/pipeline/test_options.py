@@ -50,6 +50,7 @@ def test_spectral_norm_parametrizes_every_critic_conv_and_keeps_the_figure(name)
 
 
 def test_spectral_norm_bounds_the_largest_singular_value():
+    torch.manual_seed(0)
     d = get_model("wgan-gp").build_critic(SN, 32)
     d.train()
     x = torch.randn(4, 1, 32, 32)
@@ -113,7 +114,8 @@ def test_a_dcgan_critic_loses_its_sigmoid_for_score_losses(name):
         loss = spec.make_loss(tc)
         assert loss.objective == kind and loss.clip_value is None
         assert isinstance(loss, losses.DCGANLoss)
-        assert (d(torch.randn(8, 1, 32, 32) * 3)).abs().max() > 0  # raw scores (can be negative)
+        torch.manual_seed(0)
+        assert (d(torch.randn(16, 1, 32, 32)) < 0).any()  # raw scores: a probability is never negative
     assert layer_types(spec.build_critic(SMALL, 32, TrainConfig(loss="bce")))[-1] == "Sigmoid"
     assert spec.make_loss(TrainConfig()).objective == "bce"
 
@@ -204,7 +206,7 @@ def test_r1_is_added_exactly_every_r1_every_critic_steps_with_the_lazy_scale():
 def test_the_r1_counter_survives_a_state_dict_round_trip():
     tc = TrainConfig(r1_gamma=1.0, r1_every=4)
     a = get_model("dcgan2").make_loss(tc)
-    assert a.state_dict() == {"0": {"critic_steps": 0}}
+    assert a.state_dict() == {"r1": {"critic_steps": 0}}
     critic = get_model("dcgan2").build_critic(SMALL, 32, tc)
     real = torch.rand(2, 1, 32, 32)
     for _ in range(5):
