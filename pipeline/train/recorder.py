@@ -112,8 +112,10 @@ class Recorder(NullRecorder):
         self.saved_step = -1
         self.last_artifacts = -float("inf")  # perf_counter of the last epoch-end artifacts
         self.last_epoch_saved = 0
-        self.bar = tqdm(total=info.total_steps, desc=info.label, unit="step", dynamic_ncols=True,
-                        disable=not tc.progress)
+        # a time-budgeted run's step count is unknown: the bar counts steps and shows the time left
+        self.bar = tqdm(total=None if tc.max_minutes else info.total_steps, desc=info.label, unit="step",
+                        dynamic_ncols=True, disable=not tc.progress)
+        self.deadline = time.monotonic() + 60.0 * tc.max_minutes if tc.max_minutes else None
         self.prom = Prometheus(info.model, tc.prometheus_port, tc.pushgateway) if (
             tc.prometheus_port is not None or tc.pushgateway) else None
         self.z_fixed: Optional[torch.Tensor] = None
@@ -151,8 +153,9 @@ class Recorder(NullRecorder):
         self.z_fixed = torch.randn(tc.n_samples, info.config.model.latent_dim,
                                    generator=torch.Generator().manual_seed(tc.seed + SAMPLE_SEED_OFFSET)
                                    ).to(state.device)
-        log.info("training %s: %d steps of %d batch(es) of %d, %d batches per epoch, device %s; MLflow run %s at %s",
-                 info.label, info.total_steps, info.params["optim"]["n_critic"], tc.batch_size,
+        budget = f" (or {tc.max_minutes:g} minutes, whichever comes first)" if tc.max_minutes else ""
+        log.info("training %s: %d steps%s of %d batch(es) of %d, %d batches per epoch, device %s; MLflow run %s at %s",
+                 info.label, info.total_steps, budget, info.params["optim"]["n_critic"], tc.batch_size,
                  info.batches_per_epoch, state.device, run.run_id or f"{run.key} (not created yet)", run.uri)
 
     @property
@@ -168,8 +171,12 @@ class Recorder(NullRecorder):
         if self.prom:
             self.prom.update(s, state.epoch, values, rate)
         self.bar.update(1)
-        self.bar.set_postfix({"d": f"{values['d_loss']:.3f}", "g": f"{values['g_loss']:.3f}",
-                              "ep": f"{values['epoch']:.2f}", "samples/s": f"{rate:.0f}"}, refresh=False)
+        postfix = {"d": f"{values['d_loss']:.3f}", "g": f"{values['g_loss']:.3f}", "ep": f"{values['epoch']:.2f}",
+                   "samples/s": f"{rate:.0f}"}
+        if self.deadline is not None:
+            left = max(0, int(self.deadline - time.monotonic()))
+            postfix["left"] = f"{left // 60}:{left % 60:02d}"
+        self.bar.set_postfix(postfix, refresh=False)
         if s % tc.checkpoint_every == 0:
             self.checkpoint(state)
         if s % tc.sample_every == 0:
