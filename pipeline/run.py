@@ -111,7 +111,7 @@ def step_evaluate(ctx: RunContext) -> None:
     """Score every quickstart run (``ctx.state["train_runs"]``) against the dataset; the
     scores go to each MLflow run, the reports under ``<out>/evaluation/<model>``."""
     from pipeline.evaluate.evaluate import evaluate_run
-    from tracking.evaluation import already_evaluated
+    from tracking.evaluation import already_evaluated, generator_checkpoints
 
     c = ctx.config
     for name, run_id in dict(ctx.state.get("train_runs") or {}).items():
@@ -120,7 +120,9 @@ def step_evaluate(ctx: RunContext) -> None:
                 and (folder / "report.json").is_file():
             log.info("%s: run %s already evaluated; skipped", name, run_id)
         else:
-            evaluate_run(run_id, "latest", ctx.dataset_dir, c.evaluate, c.tracking.uri, out=folder)
+            # a run that kept a best checkpoint is scored (and promoted, and served) by it
+            which = "best" if "best" in generator_checkpoints(run_id, c.tracking.uri) else "latest"
+            evaluate_run(run_id, which, ctx.dataset_dir, c.evaluate, c.tracking.uri, out=folder)
         ctx.outputs[f"{name} evaluation"] = str(folder / "report.md")
 
 
@@ -160,18 +162,28 @@ def champion_quality(ctx: RunContext, checkpoint: Path) -> str:
     from pipeline.evaluate.evaluate import evaluate_checkpoint
 
     cfg = ctx.config.evaluate
-    trained, real = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, progress=False)
-    untrained, _ = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, real, progress=False, untrained=True)
-    fd, fd0 = trained.metrics["fd_learned"], untrained.metrics["fd_learned"]
-    beats, real_beats = trained.metrics["beat_share"], trained.baseline["beat_share"]
+    # the evaluate step's report of the champion when there is one: scoring it again would give the same
+    champion_run = (ctx.state.get("champion") or {}).get("run_id")
+    label = next((k for k, v in (ctx.state.get("train_runs") or {}).items() if v == champion_run), None)
+    report = ctx.out / "evaluation" / str(label) / "report.json"
+    if label and report.is_file():
+        saved = json.loads(report.read_text())
+        trained_m, baseline_m, seeds = saved["metrics"], saved["baseline"], len(saved["per_seed"].get("seeds") or [0])
+        untrained, _ = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, progress=False, untrained=True)
+    else:
+        trained, real = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, progress=False)
+        trained_m, baseline_m, seeds = trained.metrics, trained.baseline, trained.seeds
+        untrained, _ = evaluate_checkpoint(checkpoint, ctx.dataset_dir, cfg, real, progress=False, untrained=True)
+    fd, fd0 = trained_m["fd_learned"], untrained.metrics["fd_learned"]
+    beats, real_beats = trained_m["beat_share"], baseline_m["beat_share"]
     figures = {"fd_learned": fd, "fd_learned_untrained": fd0, "fd_learned_ratio": fd / fd0,
-               "fd_learned_real_baseline": trained.baseline["fd_learned"], "beat_share": beats,
-               "beat_share_real": real_beats, "learned": bool(beats > 0 and fd <= fd0 / 3), "seeds": trained.seeds}
+               "fd_learned_real_baseline": baseline_m["fd_learned"], "beat_share": beats,
+               "beat_share_real": real_beats, "learned": bool(beats > 0 and fd <= fd0 / 3), "seeds": seeds}
     (ctx.out / "champion").mkdir(parents=True, exist_ok=True)
     (ctx.out / "champion" / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
     verdict = "it has learned" if figures["learned"] else "NOT learned enough (target: beat share > 0, FD <= 1/3)"
     return (f"fd_learned {fd:.3g} = {fd / fd0:.2f}x the untrained network's {fd0:.3g} (real vs real "
-            f"{trained.baseline['fd_learned']:.3g}); beat share {beats:.2f} (real clips {real_beats:.2f}): {verdict}")
+            f"{baseline_m['fd_learned']:.3g}); beat share {beats:.2f} (real clips {real_beats:.2f}): {verdict}")
 
 
 # The main job, in order. Later stages append their step here.

@@ -96,7 +96,8 @@ def _from_alias(value: str, tmp: Path, config: RunConfig) -> Source:
     from tracking.runs import download_checkpoint
 
     version = registry.resolve_alias(value, config.evaluate.registry_model, uri=config.tracking.uri)
-    path = download_checkpoint(version.run_id, "latest", dst=tmp / "alias", uri=config.tracking.uri)
+    path = download_checkpoint(version.run_id, registry.version_checkpoint(version), dst=tmp / "alias",
+                               uri=config.tracking.uri)
     return Source(checkpoint=path, version=str(version.version), run_id=version.run_id,
                   registry={"name": version.name, "version": str(version.version), "alias": value})
 

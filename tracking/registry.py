@@ -86,10 +86,12 @@ def version_of_run(run_id: str, name: str = DEFAULT_MODEL_NAME, uri: str | None 
 
 
 def register_generator(run_id: str, name: str = DEFAULT_MODEL_NAME, alias: str | None = DEFAULT_ALIAS,
-                       uri: str | None = None, tags: dict[str, Any] | None = None, description: str | None = None):
+                       uri: str | None = None, tags: dict[str, Any] | None = None, description: str | None = None,
+                       checkpoint: str = "latest"):
     """Register the run's generator as a new version of ``name`` (reusing the run's
     existing version, so promoting twice registers once) and point ``alias`` at it.
-    Returns the ModelVersion."""
+    ``checkpoint`` (latest, best or an epoch) is the one the version stands for: its
+    ``checkpoint`` tag, which ``champion_checkpoint`` and packaging fetch. Returns the ModelVersion."""
     from mlflow.exceptions import MlflowException
 
     client = get_client(uri)
@@ -102,12 +104,13 @@ def register_generator(run_id: str, name: str = DEFAULT_MODEL_NAME, alias: str |
     mv = version_of_run(run_id, name, uri)
     if mv is None:
         source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/checkpoints"
-        all_tags = {"checkpoint": checkpoint_artifact_path("latest"), **{k: str(v) for k, v in (tags or {}).items()}}
+        all_tags = {"checkpoint": checkpoint_artifact_path(checkpoint), **{k: str(v) for k, v in (tags or {}).items()}}
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=all_tags, description=description)
         mv = _wait_ready(client, name, mv.version)
     else:
-        for k, v in (tags or {}).items():
+        for k, v in {"checkpoint": checkpoint_artifact_path(checkpoint), **(tags or {})}.items():
             client.set_model_version_tag(name, mv.version, k, str(v))
+        mv = client.get_model_version(name, mv.version)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return mv
@@ -131,8 +134,16 @@ def champion_checkpoint(dst: str | os.PathLike | None = None, name: str = DEFAUL
     from tracking.runs import download_checkpoint
 
     mv = resolve_alias(alias, name, uri)
-    return download_checkpoint(mv.run_id, "latest", dst=dst, uri=uri), mv
+    return download_checkpoint(mv.run_id, version_checkpoint(mv), dst=dst, uri=uri), mv
 
 
-__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "ensure_experiment",
+def version_checkpoint(mv: Any) -> str:
+    """Which of its run's generator checkpoints a version stands for (``latest``, ``best``, an
+    epoch number), from its ``checkpoint`` tag; versions without the tag stand for latest."""
+    path = (getattr(mv, "tags", None) or {}).get("checkpoint") or checkpoint_artifact_path("latest")
+    name = Path(path).stem.removeprefix("generator-")
+    return name.removeprefix("epoch-") if name.startswith("epoch-") else name
+
+
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "version_checkpoint", "ensure_experiment",
            "finished_runs", "register_generator", "resolve_alias", "version_of_run"]

@@ -137,9 +137,11 @@ def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = 
     md = (f"# Champion: {winner.name} ({winner.model}), run {winner.run_id}\n\n"
           f"Selection metric `{metric}` ({'higher' if higher else 'lower'} is better), "
           f"{len(scored)} of {len(rows)} finished runs scored.\n\n" + markdown_table(header, body))
+    # the version stands for the checkpoint that was scored: a run's best when evaluate scored that
+    scored_checkpoint = "best" if winner.tags.get("technogan.eval.checkpoint") == "best" else "latest"
     mv = registry.register_generator(winner.run_id, model_name, alias, uri,
                                      tags={"selection_metric": metric, "selection_value": winner.metrics[metric],
-                                           "model": winner.model})
+                                           "model": winner.model}, checkpoint=scored_checkpoint)
     data.update({"winner": winner.run_id, "registered_model": model_name, "version": str(mv.version), "alias": alias})
     with tempfile.TemporaryDirectory(prefix="technogan-promote-") as tmp:
         folder = Path(out) if out else Path(tmp)

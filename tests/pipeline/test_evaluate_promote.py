@@ -99,3 +99,27 @@ def test_promote_ranks_on_the_seed_mean_breaks_ties_on_the_spread_and_shows_both
     assert result.body[-2][4] == "0.5" and result.body[-1][4] == "0.9"
     assert result.table_json["runs"][0]["std"] == {"eval.fd_learned": 3.0}
     assert result.table_json["ceiling"] == {"fd_learned": "0.9"}
+
+
+def test_a_champion_scored_by_its_best_checkpoint_stands_for_that_checkpoint(tmp_path):
+    """evaluate scored the run's generator-best.pt: the registered version, the champion's
+    download and the package all take that file, not the latest."""
+    from serving.package import _from_alias
+    from pipeline.checkpoint import read_meta
+    from pipeline.config import load_config
+    from tests.tracking.eval_runs import make_checkpoint
+
+    uri = store_uri(tmp_path)
+    rid = make_run(uri, "bestof", tmp_path, name="recipe", metrics={"eval.fd_learned": 1.0})
+    best = make_checkpoint(tmp_path / "b" / "generator-best.pt", "dcgan1", 32, seed=7, epoch=1, run_id=rid)
+    client = get_client(uri)
+    client.log_artifact(rid, str(best), "checkpoints")
+    client.set_tag(rid, "technogan.eval.checkpoint", "best")
+    promote("bestof", "eval.fd_learned", "gen-best", "champion", uri)
+    mv = registry.resolve_alias("champion", "gen-best", uri)
+    assert mv.tags["checkpoint"] == "checkpoints/generator-best.pt" and registry.version_checkpoint(mv) == "best"
+    path, _ = registry.champion_checkpoint(tmp_path / "dl", "gen-best", "champion", uri)
+    assert path.name == "generator-best.pt" and path.read_bytes() == best.read_bytes()
+    config = load_config(None, {"tracking.uri": uri, "evaluate.registry_model": "gen-best"})
+    source = _from_alias("champion", tmp_path / "pkg", config)
+    assert read_meta(source.checkpoint) == read_meta(best)
