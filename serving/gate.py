@@ -53,6 +53,9 @@ PREDICTIONS = re.compile(r"^/predictions/[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9]
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "expect", "host", "content-length"})
 CHUNK = 1 << 16
+# a refused body is still read (and dropped) up to this, so the client gets our answer
+# instead of a connection reset; past it the connection is closed
+DRAIN_MAX = 64 << 20
 WORKER_DIED = (500, 507)  # TorchServe's answers for a request whose worker died (README: Serving)
 
 
@@ -72,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "technogan-gate"
     sys_version = ""  # no Python version in the Server header
     server: "_Server"
+    _pending = False  # the current request's body has not been read yet
     _upstream: Optional[http.client.HTTPConnection] = None
 
     # every method: routed by path, so an unusual one gets the same 405/404 as GET
@@ -81,13 +85,17 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def setup(self) -> None:
-        self.timeout = self.server.gate.client_timeout  # an idle or trickling client is let go
         super().setup()
+        self.connection.settimeout(self.server.gate.client_timeout)  # an idle or trickling client is let go
+        with self.server.lock:
+            self.server.connections.add(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
+            with self.server.lock:
+                self.server.connections.discard(self.connection)
             if self._upstream is not None:
                 self._upstream.close()
 
@@ -97,6 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing
 
     def _route(self, method: str) -> None:
+        self._pending = True  # this request's body is still on the wire
         path = urlsplit(self.path).path
         if PREDICTIONS.match(path):
             allowed = "POST"
@@ -113,6 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _BadRequest as e:
             self._answer(e.code, e.field, e.message)
             return
+        self._discard()  # a GET that came with a body anyway
         self._forward(method, body)
 
     def handle_expect_100(self) -> bool:
@@ -120,16 +130,20 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._content_length()
         except _BadRequest as e:
+            self.close_connection = True  # the body was never sent: nothing to drain
             self._answer(e.code, e.field, e.message)
             return False
         return super().handle_expect_100()
 
     # -- the request body, bounded
 
+    def _chunked(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
     def _content_length(self) -> Optional[int]:
         limit = self.server.gate.max_request_bytes
         value = self.headers.get("Content-Length")
-        if value is None:
+        if value is None or self._chunked():
             return None
         if not value.strip().isdigit():
             raise _BadRequest(400, "body", f"Content-Length {value!r} is not a number of bytes")
@@ -139,43 +153,78 @@ class _Handler(BaseHTTPRequestHandler):
         return size
 
     def _read_body(self) -> bytes:
+        """The whole body (it is kept for a resend), never more than the limit in memory."""
         limit = self.server.gate.max_request_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
-        size = self._content_length() or 0
-        body = self.rfile.read(size)
+        if self._chunked():
+            body, total = self._read_chunked(limit)
+            if total > limit:
+                raise _BadRequest(413, "body", f"{total} bytes is over the limit of {limit} bytes")
+            return body
+        size = self._content_length() or 0  # over the limit: _answer drains it unread
+        body = self._copy(size, keep=True)
+        self._pending = False
         if len(body) != size:
             self.close_connection = True
             raise _BadRequest(400, "body", f"ended after {len(body)} of {size} bytes")
         return body
 
-    def _read_chunked(self, limit: int) -> bytes:
-        parts, total = [], 0
+    def _copy(self, size: int, keep: bool) -> bytes:
+        parts = []
+        while size > 0:
+            data = self.rfile.read(min(CHUNK, size))
+            if not data:
+                break
+            size -= len(data)
+            if keep:
+                parts.append(data)
+        return b"".join(parts)
+
+    def _read_chunked(self, limit: int) -> tuple[bytes, int]:
+        """Body and size of a chunked body; past ``limit`` the rest is read and dropped
+        (up to DRAIN_MAX, then the connection is given up)."""
+        parts: list[bytes] = []
+        total = 0
         while True:
             line = self.rfile.readline(1024)
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
+                self._pending, self.close_connection = False, True
                 raise _BadRequest(400, "body", "malformed chunked encoding") from None
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
                     pass
-                return b"".join(parts)
+                self._pending = False
+                return b"".join(parts), total
             total += size
-            if total > limit:
-                raise _BadRequest(413, "body", f"over the limit of {limit} bytes")
-            parts.append(self.rfile.read(size))
+            if total > DRAIN_MAX:
+                self._pending, self.close_connection = False, True
+                return b"", total
+            parts.append(self._copy(size, keep=total <= limit))
             self.rfile.readline(1024)
+
+    def _discard(self) -> None:
+        """Read and drop what is left of this request's body, so the connection can serve
+        the next request (and closing it cannot reset our answer before the client reads it)."""
+        if not self._pending:
+            return
+        self._pending = False
+        try:
+            if self._chunked():
+                self._read_chunked(0)
+                return
+            size = int(self.headers.get("Content-Length") or 0)
+            self._copy(min(size, DRAIN_MAX), keep=False)
+            if size > DRAIN_MAX:
+                self.close_connection = True
+        except (ValueError, OSError):
+            self.close_connection = True
 
     # -- answers
 
     def _answer(self, code: int, field: str, message: str, headers: Optional[dict[str, str]] = None) -> None:
-        """One of the gate's own JSON errors. After an error the rest of a request's body
-        may still be unread, so a request that had one closes the connection."""
-        headers_in = getattr(self, "headers", None)  # None when the request line itself was bad
-        if headers_in is None or (headers_in.get("Content-Length", "0").strip() not in ("", "0")
-                                  or "Transfer-Encoding" in headers_in):
-            self.close_connection = True
+        """One of the gate's own JSON errors (the handler's shape)."""
+        self._discard()
         body = error_body(field, message)
         self.send_response(code)
         for key, value in (headers or {}).items():
@@ -288,9 +337,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a kept-alive idle client never blocks shutdown
+    daemon_threads = True
     request_queue_size = 256  # bursts of new connections queue instead of being refused
     gate: "Gate"
+
+    def __init__(self, *args, **kwargs):
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()  # open client connections, ended on stop
+        super().__init__(*args, **kwargs)
+
+    def end_connections(self) -> None:
+        """Wake every connection thread (kept-alive idle clients included) so it ends."""
+        with self.lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class Gate:
@@ -341,6 +404,7 @@ class Gate:
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.end_connections()
             log.info("gate on port %d stopped", self.port)
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -346,7 +346,7 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        log.warning("%s did not stop within %.0f s; killing it", proc.args[0] if proc.args else proc.pid, timeout)
+        log.warning("process group %d did not stop within %.0f s; killing it", proc.pid, timeout)
     # the group outlives its leader when Java or a worker ignores SIGTERM
     deadline = time.monotonic() + timeout
     while _group_alive(proc.pid) and time.monotonic() < deadline:

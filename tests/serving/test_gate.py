@@ -149,6 +149,15 @@ def test_a_body_over_the_limit_is_our_json_413_and_never_forwarded(gate, upstrea
     r = requests.post(pred(gate), data=iter([b" " * 1000] * 5), timeout=10)
     assert r.status_code == 413 and r.json()["field"] == "body"
     assert upstream.seen == []
+    # a client that sends a big body before it reads reads our answer, not a reset connection
+    with requests.Session() as session:
+        r = session.post(pred(gate), data=b" " * (4 << 20), timeout=30)
+        assert r.status_code == 413 and r.json()["error"].startswith(f"body: {4 << 20} bytes is over")
+        r = session.put(pred(gate), data=b" " * 100_000, timeout=30)  # drained: the connection goes on
+        assert r.status_code == 405
+        assert session.get(f"{gate.url}/ping", timeout=10).status_code == 200
+    assert [s["path"] for s in upstream.seen] == ["/ping"]
+    upstream.seen.clear()
     r = requests.post(pred(gate), data=b" " * LIMIT, timeout=10)  # exactly the limit passes
     assert r.status_code == 200 and len(upstream.seen[0]["body"]) == LIMIT
 
@@ -183,7 +192,7 @@ def test_a_worker_that_died_under_the_request_is_resent_once(gate, upstream, cod
 
 def test_keep_alive_one_connection_each_side(gate, upstream):
     with requests.Session() as s:
-        for i in range(5):
+        for _ in range(5):
             assert s.post(pred(gate), data=b"{}", timeout=10).status_code == 200
             assert s.get(f"{gate.url}/ping", timeout=10).status_code == 200
     assert len({seen["peer"] for seen in upstream.seen}) == 1  # the gate kept its TorchServe connection too
@@ -197,6 +206,15 @@ def test_concurrent_clients_reach_torchserve_at_the_same_time(gate, upstream):
         codes = list(pool.map(lambda i: requests.post(pred(gate), data=b'{"i": %d}' % i, timeout=90).status_code,
                               range(32)))
     assert codes == [200] * 32 and not upstream.barrier.broken
+
+
+def test_stop_ends_kept_alive_connections(upstream):
+    g = Gate("127.0.0.1", 0, upstream.url, LIMIT).start()
+    with requests.Session() as s:
+        assert s.get(f"{g.url}/ping", timeout=10).status_code == 200
+        g.stop()
+        with pytest.raises(requests.ConnectionError):  # neither the idle connection nor a new one is served
+            s.get(f"{g.url}/ping", timeout=10)
 
 
 def test_torchserve_down_is_a_503_json(upstream):
