@@ -8,8 +8,8 @@ technogan does not use but TorchServe always opens, on port+3 and port+4. The in
 port is the gate (``serving.gate``: POST /predictions/*, GET /ping, nothing else), in
 this process; TorchServe's own inference API listens behind it on a free loopback port. Token auth is disabled explicitly
 (``--disable-token-auth``), which is only acceptable because nothing but this machine
-can reach those ports; containers use ``serving/config.properties`` (binds 0.0.0.0)
-behind a NetworkPolicy instead. Config snapshots are off (``--ncs``). Ctrl-C (or
+can reach those ports; containers run ``technogan gate`` on 0.0.0.0:8080 in front of
+TorchServe with ``serving/config.properties`` (loopback binds), behind a NetworkPolicy, instead. Config snapshots are off (``--ncs``). Ctrl-C (or
 SIGTERM) stops TorchServe and its workers and exits 0.
 
     curl -X POST http://127.0.0.1:8080/predictions/technogan \\
