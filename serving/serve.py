@@ -6,10 +6,11 @@ Binds 127.0.0.1 only: inference on --port (default 8080; 0 is refused), manageme
 Prometheus metrics on port+2 (``/metrics``) and TorchServe's gRPC endpoints, which
 technogan does not use but TorchServe always opens, on port+3 and port+4. The inference
 port is the gate (``serving.gate``: POST /predictions/*, GET /ping, nothing else), in
-this process; TorchServe's own inference API listens behind it on a free loopback port. Token auth is disabled explicitly
-(``--disable-token-auth``), which is only acceptable because nothing but this machine
-can reach those ports; containers run ``technogan gate`` on 0.0.0.0:8080 in front of
-TorchServe with ``serving/config.properties`` (loopback binds), behind a NetworkPolicy, instead. Config snapshots are off (``--ncs``). Ctrl-C (or
+this process; TorchServe's own inference API listens behind it on a free loopback port.
+Token auth is disabled explicitly (``--disable-token-auth``), which is only acceptable
+because nothing but this machine can reach those ports; containers run ``technogan gate``
+on 0.0.0.0:8080 in front of TorchServe with ``serving/config.properties`` (loopback
+binds), behind a NetworkPolicy, instead. Config snapshots are off (``--ncs``). Ctrl-C (or
 SIGTERM) stops TorchServe and its workers and exits 0.
 
     curl -X POST http://127.0.0.1:8080/predictions/technogan \\
