@@ -47,6 +47,14 @@ class Upstream:
                     up.barrier.wait()  # every client's request must be here at once
                 if dying:
                     self._send(up.die_code, DIED, "application/json")
+                elif self.path == "/predictions/chunked":  # a streamed answer, no Content-Length
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for part in (b"abc", b"x" * 70000, b"end"):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
                 elif self.path == "/ping":
                     self._send(200, b'{"status": "Healthy"}', "application/json")
                 elif body == b'{"n": 0}':
@@ -166,6 +174,14 @@ def test_a_chunked_body_reaches_torchserve_with_a_length(gate, upstream):
     r = requests.post(pred(gate), data=iter([b'{"n"', b": 3}"]), timeout=10)
     assert r.status_code == 200 and r.content == b'RIFF{"n": 3}'
     assert upstream.seen[0]["headers"]["Content-Length"] == "8"
+
+
+def test_a_streamed_answer_is_relayed_whole_and_the_connection_kept(gate, upstream):
+    with requests.Session() as s:
+        r = s.post(pred(gate, "/predictions/chunked"), data=b"{}", timeout=10)
+        assert r.status_code == 200 and r.content == b"abc" + b"x" * 70000 + b"end"
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        assert s.post(pred(gate), data=b"{}", timeout=10).content == b"RIFF{}"
 
 
 def test_expect_100_continue_is_refused_before_the_body_is_sent(gate):
