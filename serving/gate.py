@@ -52,7 +52,7 @@ PREDICTIONS = re.compile(r"^/predictions/[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9]
 # headers of one connection, not of the message (RFC 9110 7.6.1): never forwarded
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "expect", "host", "content-length"})
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # bytes per read/write when relaying an answer (a json of 64 clips is ~14 MB)
 # a refused body is still read (and dropped) up to this, so the client gets our answer
 # instead of a connection reset; past it the connection is closed
 DRAIN_MAX = 64 << 20
@@ -87,6 +87,9 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.gate.client_timeout)  # an idle or trickling client is let go
+        # headers and body go out as separate writes: without this, Nagle's algorithm and the
+        # client's delayed ACK can hold the body back for tens of milliseconds
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.lock:
             self.server.connections.add(self.connection)
 
@@ -249,14 +252,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- forwarding
 
-    def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
-        if fresh and self._upstream is not None:
+    def _drop_upstream(self) -> None:
+        if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
+
+    def _connection(self) -> http.client.HTTPConnection:
         if self._upstream is None:
             gate = self.server.gate
-            self._upstream = http.client.HTTPConnection(gate.upstream_host, gate.upstream_port,
-                                                        timeout=gate.upstream_timeout)
+            conn = http.client.HTTPConnection(gate.upstream_host, gate.upstream_port, timeout=gate.upstream_timeout)
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._upstream = conn
         return self._upstream
 
     def _send(self, method: str, body: Optional[bytes], headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -270,7 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
-            conn = self._connection(fresh=True)
+            self._drop_upstream()
+            conn = self._connection()
             conn.request(method, self.path, body=body, headers=headers)
             return conn.getresponse()
 
@@ -283,11 +292,11 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 resp = self._send(method, body, headers)
             except socket.timeout:
-                self._connection(fresh=True)
+                self._drop_upstream()
                 self._answer(504, "server", f"TorchServe did not answer within {gate.upstream_timeout:.0f} s")
                 return
             except OSError as e:
-                self._connection(fresh=True)
+                self._drop_upstream()
                 self._answer(503, "server", f"TorchServe is not reachable ({e.__class__.__name__})")
                 return
             head = b""
@@ -330,10 +339,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, http.client.HTTPException):
             # TorchServe or the client went away mid-body: this connection is done
             self.close_connection = True
-            self._connection(fresh=True)
+            self._drop_upstream()
             raise
         if resp.will_close:
-            self._connection(fresh=True)
+            self._drop_upstream()
 
 
 class _Server(ThreadingHTTPServer):

@@ -27,6 +27,7 @@ class Upstream:
         self.die = 0  # answer this many requests with "Worker died."
         self.die_code = 507
         self.barrier: threading.Barrier | None = None
+        self.hang_up = False  # close each connection after its answer, without saying so
         self.lock = threading.Lock()
         up = self
 
@@ -61,6 +62,7 @@ class Upstream:
                     self._send(400, b'{"error": "n: too small", "field": "n"}', "application/json")
                 else:
                     self._send(200, b"RIFF" + body, "audio/wav", {"X-Technogan-Seed": "7", "X-Technogan-Batch": "1"})
+                self.close_connection = up.hang_up
 
             def _send(self, code, body, ctype, extra=None):
                 self.send_response(code)
@@ -212,6 +214,15 @@ def test_keep_alive_one_connection_each_side(gate, upstream):
             assert s.post(pred(gate), data=b"{}", timeout=10).status_code == 200
             assert s.get(f"{gate.url}/ping", timeout=10).status_code == 200
     assert len({seen["peer"] for seen in upstream.seen}) == 1  # the gate kept its TorchServe connection too
+
+
+def test_a_kept_alive_connection_torchserve_closed_is_opened_again(gate, upstream):
+    upstream.hang_up = True
+    with requests.Session() as s:
+        for i in range(3):
+            assert s.post(pred(gate), data=b'{"i": %d}' % i, timeout=10).status_code == 200
+    assert [seen["body"] for seen in upstream.seen] == [b'{"i": 0}', b'{"i": 1}', b'{"i": 2}']  # each once
+    assert len({seen["peer"] for seen in upstream.seen}) == 3 and gate.resent == 0
 
 
 def test_concurrent_clients_reach_torchserve_at_the_same_time(gate, upstream):
