@@ -16,7 +16,7 @@ delay, frontend <-> worker socket, response copy) add to one request.
 
 ``gate``: the same requests through the gate (``serving/gate.py``, what clients reach)
 and straight to TorchServe's own inference port behind it, in the same run: at
-concurrency 1 interleaved, at 8 and 32 one after the other. ``p50_ratio`` and
+concurrency 1 interleaved, at 8 and 32 in direct, gate, gate, direct rounds (averaged). ``p50_ratio`` and
 ``req_per_s_ratio`` are gate / direct (target: p50 ratio <= 1.1 for json n=1 at c1,
 req/s ratio >= 0.9 at c32). Targets on a 2-core
 machine: ``json`` overhead <= 15 ms; ``wav`` served_c1 p50 < 250 ms.
