@@ -61,5 +61,12 @@ RUN groupadd --gid 10001 technogan \
     && mkdir -p /data && chown 10001:10001 /data
 USER 10001:10001
 WORKDIR /data
+# Serving (the Helm chart's TorchServe container): the gate faces clients on 8080 and
+# supervises TorchServe, whose own inference API (8085) and management API stay on loopback:
+#   technogan gate --listen 0.0.0.0:8080 --upstream http://127.0.0.1:8085 --max-request-bytes 33554432 -- \
+#     torchserve --start --foreground --ncs --disable-token-auth --ts-config config.properties \
+#       --model-store /model-store --models technogan=technogan.mar
+# with serving/config.properties as config.properties; 8082: Prometheus metrics.
+EXPOSE 8080 8082
 ENTRYPOINT ["technogan"]
 CMD ["--help"]

@@ -11,8 +11,14 @@ Prints JSON. For each case (``json`` n=1, ``png`` n=16, ``wav`` n=1, a 5 s clip)
   client threads (keep-alive sessions), timed until the whole body has arrived.
 
 Each gives p50/p99 latency (ms) and requests per second. ``overhead_ms_p50`` is
-served_c1 p50 minus in_process p50: what TorchServe (HTTP, queue, batching delay,
-frontend <-> worker socket, response copy) adds to one request. Targets on a 2-core
+served_c1 p50 minus in_process p50: what TorchServe and the gate (HTTP, queue, batching
+delay, frontend <-> worker socket, response copy) add to one request.
+
+``gate``: the same requests through the gate (``serving/gate.py``, what clients reach)
+and straight to TorchServe's own inference port behind it, in the same run: at
+concurrency 1 interleaved, at 8 and 32 in direct, gate, gate, direct rounds (averaged). ``p50_ratio`` and
+``req_per_s_ratio`` are gate / direct (target: p50 ratio <= 1.1 for json n=1 at c1,
+req/s ratio >= 0.9 at c32). Targets on a 2-core
 machine: ``json`` overhead <= 15 ms; ``wav`` served_c1 p50 < 250 ms.
 
     python benchmarks/bench_serve.py [--config configs/quickstart.yaml] [--checkpoint PATH] [--quick]
@@ -128,6 +134,35 @@ def bench_concurrent(url: str, body: dict, repeats: int, concurrency: int) -> di
     return summary(lat, wall)
 
 
+def ratios(gate: dict[str, float], direct: dict[str, float]) -> dict[str, float]:
+    return {"p50_ratio": round(gate["p50_ms"] / direct["p50_ms"], 3),
+            "req_per_s_ratio": round(gate["req_per_s"] / direct["req_per_s"], 3)}
+
+
+def bench_gate(gate_url: str, direct_url: str, body: dict, repeats: int) -> dict[str, dict]:
+    """Through the gate vs straight to TorchServe: c1 interleaved, then c8 and c32."""
+    raw = json.dumps(body).encode()
+    sessions = {"gate": requests.Session(), "direct": requests.Session()}
+    urls = {"gate": gate_url, "direct": direct_url}
+    for _ in range(2):
+        for k in urls:
+            timed_post(sessions[k], urls[k], raw)
+    lat: dict[str, list[float]] = {"gate": [], "direct": []}
+    for _ in range(repeats):
+        for k in urls:
+            lat[k].append(timed_post(sessions[k], urls[k], raw))
+    c1 = {k: summary(v, sum(v)) for k, v in lat.items()}
+    out: dict[str, dict] = {"c1": {**c1, **ratios(c1["gate"], c1["direct"])}}
+    for c in (8, 32):
+        # direct, gate, gate, direct: neither side always runs first (warmer, or under other load)
+        rounds: dict[str, list[dict[str, float]]] = {"direct": [], "gate": []}
+        for k in ("direct", "gate", "gate", "direct"):
+            rounds[k].append(bench_concurrent(urls[k], body, max(repeats, 2 * c), c))
+        runs = {k: {m: round(sum(r[m] for r in v) / len(v), 2) for m in v[0]} for k, v in rounds.items()}
+        out[f"c{c}"] = {**runs, **ratios(runs["gate"], runs["direct"])}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/quickstart.yaml")
@@ -161,6 +196,8 @@ def main() -> int:
                 results[name]["served_c8"] = bench_concurrent(server.predictions_url, body, max(reps[name], 16), 8)
                 results[name]["overhead_ms_p50"] = round(
                     results[name]["served_c1"]["p50_ms"] - results[name]["in_process"]["p50_ms"], 2)
+            gate = {name: bench_gate(server.predictions_url, f"{server.direct_url}/predictions/technogan",
+                                     CASES[name], reps[name]) for name in ("json_n1", "wav_n1")}
 
     report = {
         "benchmark": "serve",
@@ -173,7 +210,12 @@ def main() -> int:
                                                         "render_nnls_steps", "torch_threads")},
         "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on the box skew every figure
         "cases": results,
+        "gate": gate,
         "targets": {
+            "gate_json_c1_p50_ratio": gate["json_n1"]["c1"]["p50_ratio"],
+            "gate_json_c1_ok": gate["json_n1"]["c1"]["p50_ratio"] <= 1.1,
+            "gate_json_c32_req_per_s_ratio": gate["json_n1"]["c32"]["req_per_s_ratio"],
+            "gate_json_c32_ok": gate["json_n1"]["c32"]["req_per_s_ratio"] >= 0.9,
             "json_overhead_ms_p50": results["json_n1"]["overhead_ms_p50"],
             "json_overhead_ok": results["json_n1"]["overhead_ms_p50"] <= 15.0,
             "wav_n1_served_p50_ms": results["wav_n1"]["served_c1"]["p50_ms"],

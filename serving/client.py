@@ -13,9 +13,10 @@ field at fault.
 
 A request in flight when its TorchServe worker dies is answered by TorchServe itself
 with ``Worker died.``: 507 when it has seen the worker's exit code 137 (SIGKILL, which
-TorchServe reads as out of memory), 500 otherwise (a race inside TorchServe). Generating has no side effects, so
-the client sends such a request again (``worker_retries`` times, default 1) once the
-worker has been restarted.
+TorchServe reads as out of memory), 500 otherwise (a race inside TorchServe). Generating
+has no side effects, so the gate in front of TorchServe (``serving/gate.py``) sends it
+again once, and so does this client (``worker_retries`` times, default 1): through the
+gate that covers a second death in a row, and it covers a TorchServe reached directly.
 """
 
 from __future__ import annotations

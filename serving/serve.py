@@ -4,10 +4,13 @@
 
 Binds 127.0.0.1 only: inference on --port (default 8080; 0 is refused), management on port+1,
 Prometheus metrics on port+2 (``/metrics``) and TorchServe's gRPC endpoints, which
-technogan does not use but TorchServe always opens, on port+3 and port+4. Token auth is disabled explicitly
-(``--disable-token-auth``), which is only acceptable because nothing but this machine
-can reach those ports; containers use ``serving/config.properties`` (binds 0.0.0.0)
-behind a NetworkPolicy instead. Config snapshots are off (``--ncs``). Ctrl-C (or
+technogan does not use but TorchServe always opens, on port+3 and port+4. The inference
+port is the gate (``serving.gate``: POST /predictions/*, GET /ping, nothing else), in
+this process; TorchServe's own inference API listens behind it on a free loopback port.
+Token auth is disabled explicitly (``--disable-token-auth``), which is only acceptable
+because nothing but this machine can reach those ports; containers run ``technogan gate``
+on 0.0.0.0:8080 in front of TorchServe with ``serving/config.properties`` (loopback
+binds), behind a NetworkPolicy, instead. Config snapshots are off (``--ncs``). Ctrl-C (or
 SIGTERM) stops TorchServe and its workers and exits 0.
 
     curl -X POST http://127.0.0.1:8080/predictions/technogan \\
@@ -67,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
         except RuntimeError as e:  # exited or never ready: the message carries TorchServe's log tail
             raise UserError(f"TorchServe did not start (is port {port}, {port + 1} or {port + 2} taken?)\n{e}") from None
         print(f"\ntechnogan {desc['model']} (registry version {desc['version']}, run {desc['run_id']}) is served:\n"
-              f"  predictions  POST {server.predictions_url}\n"
+              f"  predictions  POST {server.predictions_url} (through the gate; TorchServe itself on "
+              f"{server.direct_url})\n"
               f"  management   {server.management_url}/models/technogan\n"
               f"  metrics      {server.metrics_url}\n"
               f"  logs         {server.workdir / 'logs'}\n"

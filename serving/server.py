@@ -13,13 +13,17 @@ the tests and the benchmark. What it takes care of, so callers do not have to:
 - ``--ncs`` (config snapshots would otherwise override ``--models`` on the next start)
   and ``--disable-token-auth`` (TorchServe >= 0.11 answers 400 to every call without
   the key otherwise; acceptable only because the binds are loopback);
-- stopping: TorchServe runs in its own process group (launcher, Java frontend, Python
-  workers), which gets SIGTERM, then SIGKILL if it lingers.
+- the gate (``serving.gate``): clients reach ``ports.inference``, where only POST on
+  ``/predictions/*`` and GET ``/ping`` pass (TorchServe would generate for any method);
+  TorchServe's own inference API binds a free loopback port behind it;
+- stopping: the gate first; TorchServe runs in its own process group (launcher, Java
+  frontend, Python workers), which gets SIGTERM, then SIGKILL if it lingers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -36,6 +40,7 @@ import requests
 
 from pipeline.config import MelConfig, ServeConfig
 from pipeline.errors import UserError
+from serving.gate import Gate
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +106,12 @@ def allowed_urls(model_store: str | os.PathLike) -> str:
 
 def config_properties(serve: ServeConfig, mel: MelConfig, ports: Ports, bind: str = "127.0.0.1",
                       metrics_config: Optional[Path] = METRICS_YAML,
-                      model_store: Optional[str | os.PathLike] = None) -> str:
-    """The text of a TorchServe ``config.properties`` for these settings."""
+                      model_store: Optional[str | os.PathLike] = None, inference_bind: Optional[str] = None) -> str:
+    """The text of a TorchServe ``config.properties`` for these settings (inference on
+    ``inference_bind``, loopback behind the gate; the rest on ``bind``)."""
     lines = [
         "# written by technogan (serving/server.py)",
-        f"inference_address=http://{bind}:{ports.inference}",
+        f"inference_address=http://{inference_bind or bind}:{ports.inference}",
         f"management_address=http://{bind}:{ports.management}",
         f"metrics_address=http://{bind}:{ports.metrics}",
         f"grpc_inference_address={bind}",
@@ -137,10 +143,13 @@ class ModelLoadError(RuntimeError):
 
 
 class TorchServe:
-    """One TorchServe process serving ``model_store/technogan.mar``.
+    """One TorchServe process serving ``model_store/technogan.mar``, behind the gate.
 
     ``with TorchServe(store, workdir, serve_cfg, mel_cfg, ports) as ts: ...`` starts it,
     waits until the model's worker is ready and always stops it on the way out.
+    Clients reach ``ports.inference`` (``inference_url``): the POST-only gate
+    (``serving.gate``), which forwards to TorchServe's own inference API on a free
+    loopback port (``direct_url``); management and metrics are TorchServe's, as given.
     """
 
     def __init__(self, model_store: str | os.PathLike, workdir: str | os.PathLike, serve: ServeConfig,
@@ -154,6 +163,8 @@ class TorchServe:
         self.bind = bind
         self.foreground_output = foreground_output  # True: TorchServe's log goes to our stdout
         self.proc: Optional[subprocess.Popen] = None
+        self.gate: Optional[Gate] = None
+        self.direct_port = 0  # TorchServe's own inference port (loopback), chosen at start
         self._log_file: Optional[IO[bytes]] = None
         self._log_offsets: dict[str, int] = {}
 
@@ -165,7 +176,13 @@ class TorchServe:
 
     @property
     def inference_url(self) -> str:
+        """Where clients go: the gate."""
         return f"http://{self.host}:{self.ports.inference}"
+
+    @property
+    def direct_url(self) -> str:
+        """TorchServe's own inference API, behind the gate (loopback only)."""
+        return f"http://127.0.0.1:{self.direct_port}"
 
     @property
     def management_url(self) -> str:
@@ -202,8 +219,10 @@ class TorchServe:
         for name in ("tmp", "logs"):
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
         self._log_offsets = {p.name: p.stat().st_size for p in (self.workdir / "logs").glob("*.log")}
-        (self.workdir / "config.properties").write_text(config_properties(self.serve, self.mel, self.ports, self.bind,
-                                                                              model_store=self.model_store))
+        self.direct_port = free_port()
+        (self.workdir / "config.properties").write_text(config_properties(
+            self.serve, self.mel, dataclasses.replace(self.ports, inference=self.direct_port), self.bind,
+            model_store=self.model_store, inference_bind="127.0.0.1"))
         env = dict(os.environ)
         env.update({
             "TMPDIR": str(self.workdir / "tmp"),  # pid file: one per server, not one per machine
@@ -216,13 +235,15 @@ class TorchServe:
         else:
             self._log_file = open(self.log_path, "ab")
             out = self._log_file
-        log.info("starting TorchServe: inference %s, management %s, metrics %s (folder %s)",
-                 self.inference_url, self.management_url, self.metrics_url, self.workdir)
+        log.info("starting TorchServe: inference %s (behind the gate on %s), management %s, metrics %s (folder %s)",
+                 self.direct_url, self.inference_url, self.management_url, self.metrics_url, self.workdir)
         self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=out,
                                      stderr=subprocess.STDOUT if out is not None else None,
                                      start_new_session=True)  # own process group: stop() ends all of it
         try:
             self.wait_ready(timeout)
+            self.gate = Gate(self.bind, self.ports.inference, self.direct_url, self.serve.frontend_max_request_bytes,
+                             upstream_timeout=self.serve.response_timeout_s + 30.0).start()
         except BaseException:
             self.stop()
             raise
@@ -245,7 +266,7 @@ class TorchServe:
 
     def _ready(self) -> bool:
         try:
-            ping = requests.get(f"{self.inference_url}/ping", timeout=2)
+            ping = requests.get(f"{self.direct_url}/ping", timeout=2)
             if ping.status_code != 200 or ping.json().get("status") != "Healthy":
                 return False
             desc = requests.get(f"{self.management_url}/models/{MODEL_NAME}", timeout=2)
@@ -257,23 +278,13 @@ class TorchServe:
             return False
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to TorchServe's process group, SIGKILL after ``timeout``; idempotent."""
+        """Stop the gate, then TorchServe's process group (SIGTERM, SIGKILL after ``timeout``); idempotent."""
+        if self.gate is not None:
+            self.gate.stop()
+            self.gate = None
         proc, self.proc = self.proc, None
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("TorchServe did not stop within %.0f s; killing it", timeout)
-            # the group outlives the launcher when Java or a worker ignores SIGTERM
-            deadline = time.monotonic() + timeout
-            while _group_alive(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+            stop_process_group(proc, timeout)
             log.info("TorchServe stopped")
         if self._log_file is not None:
             self._log_file.close()
@@ -325,6 +336,32 @@ class TorchServe:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM to the process group ``proc`` leads (started with ``start_new_session``),
+    SIGKILL to what is left after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("process group %d did not stop within %.0f s; killing it", proc.pid, timeout)
+    # the group outlives its leader when Java or a worker ignores SIGTERM
+    deadline = time.monotonic() + timeout
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _group_alive(pgid: int) -> bool:

@@ -200,7 +200,7 @@ def serve_champion(tmp_path: Path, deployments: dict, configmaps: dict, claim: P
     text = props.read_text()
     assert re.search(r"^management_address=http://127\.0\.0\.1:", text, re.M)
     # free ports on loopback instead of the pod's own network namespace
-    inference, management, metrics, grpc_i, grpc_m = free_ports(5)
+    inference, management, metrics, grpc_i, grpc_m, gate = free_ports(6)
     text = re.sub(r"^inference_address=.*$", f"inference_address=http://127.0.0.1:{inference}", text, flags=re.M)
     text = re.sub(r"^management_address=.*$", f"management_address=http://127.0.0.1:{management}", text, flags=re.M)
     text = re.sub(r"^metrics_address=.*$", f"metrics_address=http://127.0.0.1:{metrics}", text, flags=re.M)
@@ -210,14 +210,19 @@ def serve_champion(tmp_path: Path, deployments: dict, configmaps: dict, claim: P
     props.write_text(text)
     argv = pod.argv(container, paths)
     pod.assert_local(argv, paths)
+    # the container runs the gate, which starts TorchServe: the gate listens on the Service's
+    # port and forwards to TorchServe's (loopback) inference address
+    assert argv[:2] == ["technogan", "gate"] and argv[argv.index("--listen") + 1] == "0.0.0.0:8080"
+    argv = replace_arg(argv, "--listen", f"127.0.0.1:{gate}")
+    argv = replace_arg(argv, "--upstream", f"http://127.0.0.1:{inference}")
     log = tmp_path / "torchserve.log"
     proc = start_pod_process(pod, container, argv, {}, log)
     try:
         probe = container["readinessProbe"]["httpGet"]["path"]
-        wait_http(f"http://127.0.0.1:{inference}{probe}", proc, log)
+        wait_http(f"http://127.0.0.1:{gate}{probe}", proc, log)
         deadline = time.monotonic() + 240
         while True:  # /ping is healthy before the model's worker is up
-            req = urllib.request.Request(f"http://127.0.0.1:{inference}/predictions/technogan",
+            req = urllib.request.Request(f"http://127.0.0.1:{gate}/predictions/technogan",
                                          data=json.dumps({"n": 1, "seed": 0}).encode(),
                                          headers={"Content-Type": "application/json"})
             try:
@@ -227,11 +232,17 @@ def serve_champion(tmp_path: Path, deployments: dict, configmaps: dict, claim: P
                 assert e.code in (404, 503) and time.monotonic() < deadline, (e.code, log.read_text()[-3000:])
                 time.sleep(1)
         assert body["shape"][0] == 1 and len(body["mels"]) == 1
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the gate, not TorchServe, answers a GET
+            urllib.request.urlopen(f"http://127.0.0.1:{gate}/predictions/technogan", timeout=30)
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"
         metrics_text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
         assert "ts_inference_requests_total" in metrics_text
         ran.append((pod.root.name, container["name"], 0))
     finally:
         stop(proc)
+    # SIGTERM to the gate stopped TorchServe too: its inference port is free again
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", inference)) != 0
 
 
 def test_a_typo_in_a_rendered_argument_fails_the_run(tmp_path, rendered):

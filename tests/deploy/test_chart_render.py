@@ -161,7 +161,8 @@ def test_management_port_is_in_no_service_and_binds_loopback(variant, rendered):
             assert all(p["containerPort"] != 8081 for p in c.get("ports") or [])
     props = next(o for o in objs if o["kind"] == "ConfigMap")["data"]["config.properties"]
     assert re.search(r"^management_address=http://127\.0\.0\.1:8081$", props, re.M)
-    assert re.search(r"^inference_address=http://0\.0\.0\.0:8080$", props, re.M)
+    # TorchServe's inference is the gate's upstream, on loopback: nothing of it faces the network
+    assert re.search(r"^inference_address=http://127\.0\.0\.1:8085$", props, re.M)
     for line in ("metrics_mode=prometheus", "decode_input_request=false"):
         assert re.search(rf"^{line}$", props, re.M)
     policy = chart.by_kind(objs, "NetworkPolicy")["technogan-torchserve"]
@@ -286,6 +287,31 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service_and_rendezvous_on_
     assert args[args.index("--rdzv-endpoint") + 1] == "technogan-train-multi-0.technogan-train-multi:29400"
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_service_reaches_the_gate_which_supervises_torchserve(variant, rendered):
+    objs = rendered[variant]
+    dep = chart.by_kind(objs, "Deployment")["technogan-torchserve"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert c["command"] == ["technogan"] and args[0] == "gate"
+    gate, torchserve = args[:args.index("--")], args[args.index("--") + 1:]
+    assert gate[gate.index("--listen") + 1] == "0.0.0.0:8080"
+    assert torchserve[0] == "torchserve" and torchserve[torchserve.index("--ts-config") + 1] == \
+        "/etc/torchserve/config.properties"
+    # the gate forwards to the address TorchServe binds, and refuses bodies TorchServe would (JSON 413)
+    props = dict(line.split("=", 1) for line in
+                 next(o for o in objs if o["kind"] == "ConfigMap")["data"]["config.properties"].splitlines()
+                 if "=" in line and not line.startswith("#"))
+    assert gate[gate.index("--upstream") + 1] == props["inference_address"].strip()
+    assert gate[gate.index("--max-request-bytes") + 1] == props["max_request_size"].strip()
+    (inference,) = [p for p in c["ports"] if p["name"] == "inference"]
+    assert inference["containerPort"] == 8080
+    svc = chart.by_kind(objs, "Service")["technogan-torchserve"]
+    assert {"name": "inference", "port": 8080, "targetPort": "inference"} in svc["spec"]["ports"]
+    for probe in ("readinessProbe", "livenessProbe"):  # through the gate
+        assert (c[probe].get("httpGet") or c[probe]["tcpSocket"])["port"] == "inference"
+
+
 @pytest.mark.parametrize("variant, auth", [("defaults", False), ("token-auth", True)])
 def test_torchserve_probes_work_with_the_auth_setting(variant, auth, rendered):
     dep = chart.by_kind(rendered[variant], "Deployment")["technogan-torchserve"]
@@ -310,7 +336,7 @@ def test_torchserve_probes_work_with_the_auth_setting(variant, auth, rendered):
     test_pod = next(o for o in rendered[variant] if o["kind"] == "Pod")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = test_pod["spec"]["containers"][0]["args"][0]
-    assert "/predictions/technogan" in script or auth
+    assert ("/predictions/technogan" in script and "e.code == 405" in script) or auth
 
 
 def test_prometheus_annotations_or_a_service_monitor(rendered):

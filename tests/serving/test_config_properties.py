@@ -3,6 +3,7 @@ management API loads nothing but our archive, oversized bodies reach the handler
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,18 @@ def properties(text: str) -> dict[str, str]:
     return out
 
 
-def test_shipped_config_exposes_only_inference():
-    p = properties(SHIPPED.read_text())
-    assert p["inference_address"] == "http://0.0.0.0:8080"
+def test_shipped_config_binds_loopback_behind_the_gate():
+    text = SHIPPED.read_text()
+    p = properties(text)
+    # only the gate faces the network; TorchServe's inference is its upstream, on loopback
+    assert p["inference_address"] == "http://127.0.0.1:8085"
+    gate = re.search(r"technogan gate --listen 0\.0\.0\.0:8080 --upstream (\S+) --max-request-bytes (\d+)", text)
+    assert gate and gate.group(1) == p["inference_address"] and int(gate.group(2)) == int(p["max_request_size"])
     for key in ("management_address", "metrics_address"):
         assert p[key].startswith("http://127.0.0.1:"), (key, p[key])
     for key in ("grpc_inference_address", "grpc_management_address"):
         assert p[key] == "127.0.0.1", (key, p[key])
-    assert not [k for k, v in p.items() if "0.0.0.0" in v and k != "inference_address"]
+    assert not [k for k, v in p.items() if "0.0.0.0" in v]
 
 
 def test_shipped_config_limits_what_the_management_api_may_load():
@@ -68,6 +73,10 @@ def test_written_config_binds_loopback_and_lets_big_bodies_reach_the_handler(tmp
     assert p["enable_model_api"] == "false"
     assert p["allowed_urls"] == allowed_urls(tmp_path / "st+ore")
     assert p["allowed_urls"].endswith("/st[+]ore/technogan[.]mar") and "\\" not in p["allowed_urls"]
+    # behind the gate TorchServe's inference stays on loopback whatever the other binds
+    p = properties(config_properties(serve, MelConfig(), Ports.from_base(9000), bind="0.0.0.0",
+                                     inference_bind="127.0.0.1"))
+    assert p["inference_address"] == "http://127.0.0.1:9000" and p["management_address"] == "http://0.0.0.0:9001"
 
 
 def test_the_frontend_limit_must_exceed_the_body_limit():

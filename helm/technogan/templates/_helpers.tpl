@@ -43,6 +43,10 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "technogan.mlflowName" -}}{{ include "technogan.fullname" . }}-mlflow{{- end -}}
 {{- define "technogan.torchserveName" -}}{{ include "technogan.fullname" . }}-torchserve{{- end -}}
+{{/* TorchServe's own inference port, on loopback behind the gate (technogan gate) */}}
+{{- define "technogan.torchserveDirectPort" -}}8085{{- end -}}
+{{/* TorchServe's max_request_size; the gate answers larger bodies with the JSON 413 */}}
+{{- define "technogan.torchserveMaxRequestBytes" -}}6553500{{- end -}}
 {{- define "technogan.jobName" -}}{{ include "technogan.fullname" .root }}-{{ .name }}{{- end -}}
 
 {{/* The training Job of one runs entry. */}}
