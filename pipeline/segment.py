@@ -363,7 +363,7 @@ def segment(
     _prepare_out(out, cfg)
     tasks = [(p, os.fsdecode(p.relative_to(src)).replace(os.sep, "/"), out, cfg, seg) for p in files]
     _forget_failures_of_removed_files(out, {t[1] for t in tasks}, shard)
-    tasks = [t for t in tasks if shard.owns(t[1])]
+    tasks = _biggest_first([t for t in tasks if shard.owns(t[1])])
     workers = min(seg.workers or os.cpu_count() or 1, max(1, len(tasks)))
     log.info("segmenting %d files (shard %s) from %s into %s with %d workers", len(tasks), shard, src, out, workers)
 
@@ -385,6 +385,20 @@ def segment(
         merged = merge(out)
         summary.total_clips, summary.total_tracks = merged["clips"], merged["tracks"]
     return summary
+
+
+def _biggest_first(tasks: list[tuple]) -> list[tuple]:
+    """Tasks in the order workers should take them: largest file first (ties by name).
+    Time per file grows with its length, so the long ones started last would run alone
+    on one core while the others idle; started first, the short ones fill in around them.
+    A file that cannot be stat'ed goes last (its worker reports why)."""
+    def size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError:
+            return -1
+
+    return sorted(tasks, key=lambda t: (-size(t[0]), source_bytes(t[1])))
 
 
 def _winner(sources) -> str:
