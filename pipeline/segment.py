@@ -268,7 +268,7 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
                     rows.append({"clip": no, "start_s": round(no * cfg.clip_seconds, 3), "row": len(rows)})
                 if keep.any():
                     kept = batch if keep.all() else batch[keep]  # [K', N]
-                    fh.write(_stored(log_mel(kept, cfg)))  # [K', M, T]
+                    fh.write(_stored(log_mel(kept, cfg)).tobytes())  # [K', M, T]
                 clips += int(keep.sum())
                 silent += int((~keep).sum())
                 decoded += len(batch)
