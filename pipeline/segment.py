@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from pipeline.config import MelConfig, SegmentConfig, add_config_argument, load_config
@@ -222,6 +223,12 @@ def process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segmen
         return FileResult(source, "failed", f"I/O error: {e}")
 
 
+def _stored(mels: np.ndarray) -> np.ndarray:
+    """Mels as the shards store them. torch converts to float16 ~10x faster than numpy's
+    ``astype`` (measured: ~2 % of a run), with the same rounding."""
+    return torch.from_numpy(mels).to(torch.float16).numpy()
+
+
 def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: SegmentConfig) -> FileResult:
     size = path.stat().st_size
     if size == 0:
@@ -261,7 +268,7 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
                     rows.append({"clip": no, "start_s": round(no * cfg.clip_seconds, 3), "row": len(rows)})
                 if keep.any():
                     kept = batch if keep.all() else batch[keep]  # [K', N]
-                    fh.write(log_mel(kept, cfg).astype(STORE_DTYPE).tobytes())  # [K', M, T]
+                    fh.write(_stored(log_mel(kept, cfg)).tobytes())  # [K', M, T]
                 clips += int(keep.sum())
                 silent += int((~keep).sum())
                 decoded += len(batch)
@@ -363,7 +370,7 @@ def segment(
     _prepare_out(out, cfg)
     tasks = [(p, os.fsdecode(p.relative_to(src)).replace(os.sep, "/"), out, cfg, seg) for p in files]
     _forget_failures_of_removed_files(out, {t[1] for t in tasks}, shard)
-    tasks = [t for t in tasks if shard.owns(t[1])]
+    tasks = _biggest_first([t for t in tasks if shard.owns(t[1])])
     workers = min(seg.workers or os.cpu_count() or 1, max(1, len(tasks)))
     log.info("segmenting %d files (shard %s) from %s into %s with %d workers", len(tasks), shard, src, out, workers)
 
@@ -385,6 +392,20 @@ def segment(
         merged = merge(out)
         summary.total_clips, summary.total_tracks = merged["clips"], merged["tracks"]
     return summary
+
+
+def _biggest_first(tasks: list[tuple]) -> list[tuple]:
+    """Tasks in the order workers should take them: largest file first (ties by name).
+    Time per file grows with its length, so the long ones started last would run alone
+    on one core while the others idle; started first, the short ones fill in around them.
+    A file that cannot be stat'ed goes last (its worker reports why)."""
+    def size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError:
+            return -1
+
+    return sorted(tasks, key=lambda t: (-size(t[0]), source_bytes(t[1])))
 
 
 def _winner(sources) -> str:

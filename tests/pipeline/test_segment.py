@@ -253,3 +253,25 @@ def test_refuses_to_mix_mel_configs_in_one_dataset(tmp_path):
 def test_merge_of_a_folder_that_is_not_a_dataset(tmp_path):
     with pytest.raises(UserError, match="not a segmented dataset"):
         merge(tmp_path)
+
+
+def test_workers_take_the_largest_files_first(tmp_path):
+    # a long file dispatched last runs alone on one core: sizes decide the order, names break ties
+    for name, seconds in (("a.wav", 6), ("b.wav", 20), ("c.wav", 11), ("d.wav", 20)):
+        write(tmp_path / name, noise(seconds), 22050)
+    (tmp_path / "gone.wav").write_bytes(b"x")
+    tasks = [(tmp_path / n, n) for n in ("a.wav", "b.wav", "c.wav", "d.wav", "gone.wav")]
+    (tmp_path / "gone.wav").unlink()  # vanished after listing: last, for its worker to report
+    order = [t[1] for t in segmod._biggest_first(tasks)]
+    assert order == ["b.wav", "d.wav", "c.wav", "a.wav", "gone.wav"]
+
+
+def test_shards_store_float16_rounded_as_numpy_rounds():
+    # the fast conversion must not change a stored byte: ties, the smallest steps, the range's ends
+    rng = np.random.default_rng(3)
+    ones = np.float32(1.0) - np.arange(64, dtype=np.float32) * np.float32(2.0 ** -12)  # halfway cases near 1
+    m = np.concatenate([rng.uniform(-1, 1, 100_000).astype(np.float32), ones, -ones,
+                        np.float32([0.0, -0.0, 1e-8, -1e-8, 6e-5, 2.0 ** -25, 1.0, -1.0])])
+    got = segmod._stored(m)
+    assert got.dtype == segmod.STORE_DTYPE
+    assert got.tobytes() == m.astype(np.float16).tobytes()
