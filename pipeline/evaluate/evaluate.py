@@ -223,7 +223,10 @@ def mean_std(values: Sequence[dict[str, float]]) -> tuple[dict[str, float], dict
 def _cell(mean: float | None, std: float | None, seeds: int) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.4g} ± {std:.2g}" if seeds > 1 and std is not None and np.isfinite(std) else f"{mean:.4g}"
+    if seeds < 2 or std is None or not np.isfinite(std):
+        return f"{mean:.4g}"
+    # a spread at rounding level (a real half scored on all its clips each time) reads 0
+    return f"{mean:.4g} ± {0.0 if std <= 1e-9 * max(1.0, abs(mean)) else std:.2g}"
 
 
 @dataclass
