@@ -6,9 +6,12 @@ Layout added to a training run (see tracking.runs for the rest)::
     evaluation/<checkpoint>/report.json, report.md   one folder per scored checkpoint
     evaluation/encoder/encoder-<key>.pt                the feature encoder used
 
-Metrics: ``eval.<key>`` and ``eval.baseline.<key>`` (step = the checkpoint's epoch).
-Tags: ``technogan.eval.encoder`` (the encoder's sha256 prefix), ``technogan.eval.checkpoint``
-(the checkpoint whose scores were logged last), ``technogan.eval.n``.
+Metrics (step = the checkpoint's epoch): ``eval.<key>`` (the mean over the latent
+seeds), ``eval.std.<key>`` (their sample standard deviation, with two or more seeds),
+``eval.baseline.<key>`` (real vs real) and ``eval.ceiling.<key>`` (real clips through
+the renderer). Tags: ``technogan.eval.encoder`` (the encoder's sha256 prefix),
+``technogan.eval.checkpoint`` (the checkpoint whose scores were logged last),
+``technogan.eval.n``, ``technogan.eval.seeds``, ``technogan.eval.ndb_clips``.
 """
 
 from __future__ import annotations
@@ -68,8 +71,10 @@ def log_encoder(run_id: str, path: str | os.PathLike, encoder_id: str, uri: str 
                    tags={ENCODER_TAG: encoder_id, **dict(tags or {})}, uri=uri)
 
 
-def already_evaluated(run_id: str, metric: str, n: int, uri: str | None = None) -> bool:
-    """Whether the run has ``metric`` from an evaluation of ``n`` clips (lets `technogan run`
-    skip scoring it again)."""
+def already_evaluated(run_id: str, metric: str, n: int, uri: str | None = None, seeds: int | None = None) -> bool:
+    """Whether the run has ``metric`` from an evaluation of ``n`` clips (and, when given,
+    ``seeds`` latent draws): lets `technogan run` skip scoring it again."""
     run = get_client(uri).get_run(run_id)
-    return metric in run.data.metrics and run.data.tags.get("technogan.eval.n") == str(n)
+    tags = run.data.tags
+    return (metric in run.data.metrics and tags.get("technogan.eval.n") == str(n)
+            and (seeds is None or tags.get("technogan.eval.seeds") == str(seeds)))

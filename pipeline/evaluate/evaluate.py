@@ -76,6 +76,7 @@ class RealData:
     ceiling: ClipSet | None = None  # half B through mel -> audio -> mel
     ceiling_seconds: float = 0.0  # what rendering (unless cached) and analysing it cost
     ceiling_cached: bool = False
+    cache: dict = field(default_factory=dict)  # metrics' reference-side work (k-means bins, ...), for every draw
 
 
 def load_real_mels(root: str | Path, resolution: int, max_real: int | None = None, seed: int = 0,
@@ -224,7 +225,10 @@ def mean_std(values: Sequence[dict[str, float]]) -> tuple[dict[str, float], dict
 def _cell(mean: float | None, std: float | None, seeds: int) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.4g} ± {std:.2g}" if seeds > 1 and std is not None and np.isfinite(std) else f"{mean:.4g}"
+    if seeds < 2 or std is None or not np.isfinite(std):
+        return f"{mean:.4g}"
+    # a spread at rounding level (a real half scored on all its clips each time) reads 0
+    return f"{mean:.4g} ± {0.0 if std <= 1e-9 * max(1.0, abs(mean)) else std:.2g}"
 
 
 @dataclass
@@ -322,7 +326,6 @@ def score_seeds(draw: Callable[[int], np.ndarray], seeds: Sequence[int], real: R
     if not seeds:
         raise UserError("evaluate needs at least one latent seed")
     t0 = time.perf_counter()
-    cache: dict = {}  # reference-side work (k-means bins, feature scaling) shared by every seed
     per: dict[str, list[dict[str, float]]] = {"generated": [], "baseline": [], "ceiling": []}
     n_gen, ndb_clips = 0, 0
     counts_gen: np.ndarray | None = None
@@ -336,7 +339,7 @@ def score_seeds(draw: Callable[[int], np.ndarray], seeds: Sequence[int], real: R
             sizes = [len(real.held_out), n_gen] + ([len(real.ceiling)] if cfg.ceiling and real.ceiling else [])
             ndb_clips = max(1, min(cfg.ndb_clips, *sizes))
         gen = describe("generated", gen_mels, real.encoder, real.mel_config, cfg)
-        ctx = MetricContext(cfg, real.mel_config, real.held_out, seed=seed, cache=cache, ndb_clips=ndb_clips)
+        ctx = MetricContext(cfg, real.mel_config, real.held_out, seed=seed, cache=real.cache, ndb_clips=ndb_clips)
         per["generated"].append(compute_all(real.ref, gen, ctx, names))
         per["baseline"].append(compute_all(real.ref, real.held_out, ctx, names))
         if cfg.ceiling and real.ceiling is not None:

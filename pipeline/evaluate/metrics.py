@@ -290,10 +290,12 @@ def _is(ref, cand, ctx):
 
 @register("ndb", description="NDB/K and JS divergence over k-means bins of the reference mels")
 def _ndb(ref, cand, ctx):
-    key = ("kmeans", id(ref))
+    cfg = ctx.config
+    key = ("kmeans", id(ref), cfg.kmeans_k, cfg.kmeans_iters, cfg.seed)
     if key not in ctx.cache:
+        # the bins belong to the reference, not to a draw: seeded by the config's seed alone
         flat = _flat(ref.mels)
-        centres = kmeans(flat, ctx.config.kmeans_k, ctx.config.kmeans_iters, ctx.rng(3))
+        centres = kmeans(flat, cfg.kmeans_k, cfg.kmeans_iters, np.random.default_rng([cfg.seed, 3]))
         ctx.cache[key] = (centres, assign(flat, centres))
     centres, ref_bins = ctx.cache[key]
     m = ctx.ndb_count(ref, cand)

@@ -16,6 +16,7 @@ encoder's training is forked), so a training run that scores itself resumes bit-
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,18 +36,22 @@ class QuickScore:
     ``evaluate`` section (encoder settings and cache, ``seed``, ``max_real``,
     ``batch_size``); ``device``: where the latents are sent when the generator has no
     parameters to tell (otherwise its parameters' device is used); ``latent_dim``:
-    when the generator has no ``latent_dim`` attribute.
+    when the generator has no ``latent_dim`` attribute; ``postprocess``: applied to the
+    generator's output [B, 1, R, R] before scoring (e.g. undoing a per-bin
+    normalisation of the training data, so clips are scored as the real ones are stored).
     """
 
     def __init__(self, dataset_root: str | Path, resolution: int, cfg: EvaluateConfig | None = None, n: int = 256,
                  device: str | torch.device = "cpu", progress: bool = False, latent_dim: int | None = None,
-                 encoder_dir: str | Path | None = None) -> None:
+                 encoder_dir: str | Path | None = None,
+                 postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if n < 2:
             raise UserError(f"QuickScore needs n >= 2 generated clips for a covariance, got {n}")
         self.cfg = cfg or EvaluateConfig()
         self.n = int(n)
         self.device = torch.device(device)
         self.latent_dim = latent_dim
+        self.postprocess = postprocess
         mels, labels, n_tracks, mel_config, fingerprint = load_real_mels(
             dataset_root, resolution, self.cfg.max_real, self.cfg.seed, progress)
         self.mel_config: MelConfig = mel_config
@@ -74,7 +79,12 @@ class QuickScore:
         was_training = generator.training
         generator.eval()
         try:
-            out = [generator(zb)[:, 0].float().cpu().numpy() for zb in z.split(self.cfg.batch_size)]  # [B, R, R]
+            out = []
+            for zb in z.split(self.cfg.batch_size):
+                x = generator(zb)  # [B, 1, R, R]
+                if self.postprocess is not None:
+                    x = self.postprocess(x)
+                out.append(x[:, 0].float().cpu().numpy())  # [B, R, R]
         finally:
             generator.train(was_training)
         mels = np.concatenate(out)

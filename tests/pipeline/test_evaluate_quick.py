@@ -91,6 +91,10 @@ def test_quick_score_uses_evaluates_encoder_and_prefers_real_clips(small_dataset
     real_score = quick(RealClips(real32))
     noise_score = quick(Noise(32))
     assert 0 <= real_score < 0.25 * noise_score
+    # a postprocess sees the generator's output: real clips turned to noise score as noise
+    to_noise = QuickScore(small_dataset, 32, cfg, n=48, postprocess=lambda x: Noise(32)(x[:, 0, 0, :8]))
+    assert to_noise(RealClips(real32)) == pytest.approx(noise_score, rel=0.5)
+    assert to_noise(RealClips(real32)) > 4 * real_score
     # the score is evaluate's fd_learned against all the real clips
     from pipeline.evaluate.metrics import frechet_distance
 

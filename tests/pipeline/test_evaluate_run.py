@@ -13,6 +13,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluate import BASELINE_PREFIX, CEILING_PREFIX, PREFIX, STD_PREFIX, evaluate_run
 from tests.tracking.eval_runs import artifacts, make_run, store_uri
+from tracking.evaluation import already_evaluated
 from tracking.runs import get_client
 
 FAST = dict(n=64, encoder_steps=30, kmeans_k=4, kid_subsets=5, kid_subset_size=16, batch_size=64, seeds=2,
@@ -40,6 +41,8 @@ def test_metrics_appear_on_the_mlflow_run(tmp_path, small_dataset, encoder_dir):
         assert logged[STD_PREFIX + key] == pytest.approx(report.metrics_std[key]), key
         assert logged[CEILING_PREFIX + key] == pytest.approx(report.ceiling[key]), key
     assert run.data.tags["technogan.eval.seeds"] == "2"
+    assert already_evaluated(rid, "eval.fd_learned", 64, uri, seeds=2)
+    assert not already_evaluated(rid, "eval.fd_learned", 64, uri, seeds=3)  # other draws: score again
     assert run.data.tags["technogan.eval.ndb_clips"] == "18"  # capped at the held-out half
     for key in ("fd_hand", "fd_learned", "kid_hand", "kid_learned", "inception_score", "ndb_k", "ndb_js",
                 "memo_nn_ratio", "beat_share", "tempo_js"):
