@@ -116,7 +116,7 @@ def step_evaluate(ctx: RunContext) -> None:
     c = ctx.config
     for name, run_id in dict(ctx.state.get("train_runs") or {}).items():
         folder = ctx.out / "evaluation" / name
-        if already_evaluated(run_id, c.evaluate.selection_metric, c.evaluate.n, c.tracking.uri) \
+        if already_evaluated(run_id, c.evaluate.selection_metric, c.evaluate.n, c.tracking.uri, c.evaluate.seeds) \
                 and (folder / "report.json").is_file():
             log.info("%s: run %s already evaluated; skipped", name, run_id)
         else:
