@@ -76,6 +76,7 @@ def contender_config(name: str, dataset: Path, out: Path, minutes: float, thread
     overrides: dict[str, Any] = {
         "train.dataset": str(dataset), "train.out_dir": str(out / "train"), "train.max_minutes": minutes,
         "train.epochs": 100000, "train.progress": False, "train.device": "auto", "train.threads": threads,
+        "train.workers": 0,  # the set is cached in memory: loader processes would only compete for the cores
         "tracking.uri": f"sqlite:///{out / 'mlflow.db'}", "tracking.experiment": "bench-quality",
         "tracking.spool_dir": str(out / "spool"),
     }
@@ -159,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     dataset = dataset_for(args, out)
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.parallel) if args.parallel > 1 else None
+
+    # create the tracking store once: N processes migrating a new SQLite file at once collide
+    from tracking.runs import ensure_experiment, get_client
+
+    ensure_experiment(get_client(f"sqlite:///{out / 'mlflow.db'}"), "bench-quality")
 
     # train: one after another, or N at a time in separate processes
     t0 = time.perf_counter()
