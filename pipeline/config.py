@@ -265,6 +265,8 @@ class StudyRunConfig(Section):
     max_minutes: Optional[float] = Field(None, gt=0.0, description="wall-clock budget of this run")
     preset: Optional[str] = Field(None, description="a preset file, or the name of a packaged one (laptop), whose "
                                   "model, data and train sections this run trains with")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys set last, e.g. "
+                                      "{model.g_width: 16}")
     description: str = ""
 
 
@@ -564,7 +566,7 @@ def named_run(config: RunConfig, name: str, where: str = "the config") -> RunCon
                                 ("data", "max_samples", r.max_samples), ("train", "max_minutes", r.max_minutes)):
         if value is not None:
             data[section][key] = value
-    return _validate(RunConfig, data, f"{where}: train.runs.{name}")
+    return _validate(RunConfig, _apply(data, r.overrides, where), f"{where}: train.runs.{name}")
 
 
 def add_config_argument(p: argparse.ArgumentParser, what: str = "") -> None:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -208,3 +209,27 @@ def test_embedded_defaults_are_the_quickstart_preset_from_any_folder(tmp_path, m
     monkeypatch.chdir(tmp_path)  # no configs/ here, as in a container with only the package installed
     assert load_config(None) == preset
     assert load_config(None).tracking.experiment == "technogan-quickstart"
+
+
+def test_a_named_run_with_a_preset_trains_the_recipe_on_this_configs_data_and_tracking(tmp_path):
+    from pipeline.config import named_run
+
+    base = load_config(None, {"tracking.experiment": "mine", "train.dataset": "/data/x"})
+    recipe = load_config(Path(__file__).resolve().parents[2] / "configs" / "laptop.yaml")
+    run = named_run(base, "laptop")
+    # the recipe's model, data and train sections...
+    assert (run.train.loss, run.model.spectral_norm, run.data.normalize, run.train.ema_decay) == \
+        (recipe.train.loss, recipe.model.spectral_norm, recipe.data.normalize, recipe.train.ema_decay)
+    # ...on this config's data, tracking and mel, with the entry's budget and overrides applied last
+    assert (run.train.dataset, run.tracking.experiment, run.mel) == ("/data/x", "mine", base.mel)
+    assert (run.train.max_minutes, run.model.g_width, run.train.score_every) == (2.0, 16, 100)
+    assert recipe.model.g_width == 32 and base.model.name == "dcgan1" and run.model.name == "dcgan2"
+    with pytest.raises(ConfigError, match="known: laptop"):
+        named_run(base, "nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  runs:\n    r: {preset: laptop, overrides: {model.g_widht: 16}}\n"
+                   "    q: {preset: no-such-preset}\n")
+    with pytest.raises(ConfigError, match=r"train.runs.r.*model.g_widht: unknown key"):
+        named_run(load_config(bad), "r")
+    with pytest.raises(ConfigError, match="no-such-preset.*packaged: laptop, quickstart"):
+        named_run(load_config(bad), "q")
