@@ -141,8 +141,7 @@ def version_checkpoint(mv: Any) -> str:
     """Which of its run's generator checkpoints a version stands for (``latest``, ``best``, an
     epoch number), from its ``checkpoint`` tag; versions without the tag stand for latest."""
     path = (getattr(mv, "tags", None) or {}).get("checkpoint") or checkpoint_artifact_path("latest")
-    name = Path(path).stem.removeprefix("generator-")
-    return name.removeprefix("epoch-") if name.startswith("epoch-") else name
+    return Path(path).stem.removeprefix("generator-").removeprefix("epoch-")
 
 
 __all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "version_checkpoint", "ensure_experiment",

@@ -177,9 +177,9 @@ def _count(module: torch.nn.Module) -> int:
 def train_threads(configured: int | None) -> int:
     """Intra-op threads for training: the config's, else half the cores (1 to 4).
 
-    On a shared machine, torch's threads spin-wait on each other: we measured a 2-core
-    run fall from 4.4 to 0.5 steps/s with 2 threads while another process was busy,
-    and hold 2.5-3 with 1 thread. Half the cores keeps a core for everything else."""
+    On a shared machine, torch's threads spin-wait on each other: issue 10 reports a
+    2-core run falling from 4.4 to 0.5 steps/s with 2 threads while another process was
+    busy, and holding 2.5-3 with 1 thread. Half the cores keeps a core for everything else."""
     import os
 
     if configured is not None:
@@ -326,7 +326,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     rates: list[float] = []
     deadline = time.monotonic() + 60.0 * tc.max_minutes if tc.max_minutes else None
     try:
-        recorder.open(state)
+        recorder.open(state, deadline)
         batches = stream.iterate(state.epoch, state.batch, tc.epochs)
         with _SigtermFlag() as sigterm:
             t_last = time.perf_counter()

@@ -80,7 +80,7 @@ class NullRecorder:
     run_id: Optional[str] = None
     run_dir: Optional[Path] = None
 
-    def open(self, state: TrainingState) -> None:
+    def open(self, state: TrainingState, deadline: Optional[float] = None) -> None:
         pass
 
     def step(self, state: TrainingState, values: dict[str, float], rate: float, ended: list[int]) -> None:
@@ -115,7 +115,7 @@ class Recorder(NullRecorder):
         # a time-budgeted run's step count is unknown: the bar counts steps and shows the time left
         self.bar = tqdm(total=None if tc.max_minutes else info.total_steps, desc=info.label, unit="step",
                         dynamic_ncols=True, disable=not tc.progress)
-        self.deadline = time.monotonic() + 60.0 * tc.max_minutes if tc.max_minutes else None
+        self.deadline: Optional[float] = None  # the loop's time budget (time.monotonic()), for the bar
         self.prom = Prometheus(info.model, tc.prometheus_port, tc.pushgateway) if (
             tc.prometheus_port is not None or tc.pushgateway) else None
         self.z_fixed: Optional[torch.Tensor] = None
@@ -123,8 +123,10 @@ class Recorder(NullRecorder):
 
     # ------------------------------------------------------------------ start
 
-    def open(self, state: TrainingState) -> None:
-        """Start (or continue) the MLflow run and the local run folder."""
+    def open(self, state: TrainingState, deadline: Optional[float] = None) -> None:
+        """Start (or continue) the MLflow run and the local run folder; ``deadline`` is when the
+        loop's time budget ends (``time.monotonic()``), shown as the time left."""
+        self.deadline = deadline
         info, tr, tracking = self.info, self.info.config.tracking, self.tracking
         self.run = tracking.TrackedRun.start(
             tr.experiment, run_name=info.label, uri=tr.uri, run_id=info.run_id, spool_dir=tr.spool_dir,

@@ -170,7 +170,7 @@ class _Linear(nn.Module):
         return (x * self.w).flatten(1).sum(1)
 
 
-class _Square(nn.Module):
+class Square(nn.Module):
     """f(x) = a * sum(x^2) / 2: its input gradient is a * x."""
 
     def __init__(self, a: float):
@@ -188,7 +188,7 @@ def test_gradient_penalty_equals_a_hand_computation():
     assert losses.gradient_penalty(critic, real, fake).item() == pytest.approx((0.6 - 1.0) ** 2)
 
     # a critic whose gradient depends on the interpolate: ||a x_hat|| per sample
-    critic = _Square(2.0)
+    critic = Square(2.0)
     gp = losses.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(3))
     eps = torch.rand(5, 1, 1, 1, generator=torch.Generator().manual_seed(3))
     x_hat = eps * real + (1 - eps) * fake

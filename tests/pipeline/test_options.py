@@ -14,6 +14,7 @@ from pipeline.models import losses
 from pipeline.models.networks import FIGURES, layer_types
 from pipeline.models.registry import MODELS, get_model
 from pipeline.models.summary import layer_table
+from tests.pipeline.test_models import Square  # f(x) = a * sum(x^2) / 2: input gradient a * x
 from pipeline.train.step import gan_step
 
 SMALL = ModelConfig(g_width=4, d_width=4, latent_dim=8)
@@ -171,17 +172,6 @@ def test_lr_g_and_lr_d_reach_the_two_optimisers_and_the_settings():
 # ----------------------------------------------------------------------------- lazy R1
 
 
-class _Square(nn.Module):
-    """f(x) = a * sum(x^2) / 2: its input gradient is a * x, so E||grad||^2 = a^2 E||x||^2."""
-
-    def __init__(self, a: float):
-        super().__init__()
-        self.a = nn.Parameter(torch.tensor(a))
-
-    def forward(self, x):
-        return self.a * (x**2).flatten(1).sum(1) / 2
-
-
 def test_r1_is_added_exactly_every_r1_every_critic_steps_with_the_lazy_scale():
     real, fake = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
     hand_r1 = (2.0**2 * real.flatten(1).pow(2).sum(1)).mean().item()
@@ -189,7 +179,7 @@ def test_r1_is_added_exactly_every_r1_every_critic_steps_with_the_lazy_scale():
     plain = losses.WGANGPLoss(gp_weight=0.0)
     seen = []
     for _ in range(7):
-        critic = _Square(2.0)
+        critic = Square(2.0)
         total, numbers = loss.critic_loss(critic, real, fake)
         base, _ = plain.critic_loss(critic, real, fake)
         seen.append("r1" in numbers)

@@ -74,24 +74,34 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def test_training_survives_the_tracking_server_going_away(tmp_path, small_dataset, server):
+def start_training(tmp_path, dataset, server, epochs: int, tracking_yaml: str):
+    """`technogan train` of a tiny dcgan2 in a subprocess against ``server``; returns (process,
+    out folder) once the run's LATEST pointer exists, i.e. once training has begun."""
     preset = tmp_path / "tiny.yaml"
     preset.write_text(
         "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
-        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 6, checkpoint_every: 10,"
+        f"train: {{progress: false, n_samples: 4, batch_size: 2, epochs: {epochs}, checkpoint_every: 10,"
         " artifact_every_s: 0}\n"
-        "tracking: {experiment: outage, max_backoff_s: 1.0, flush_timeout_s: 240, request_timeout_s: 3}\n")
+        f"tracking: {tracking_yaml}\n")
     out = tmp_path / "train"
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(preset), "--model", "dcgan2",
-           "--dataset", str(small_dataset), "--out", str(out)]
+           "--dataset", str(dataset), "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pointer, deadline = out / "dcgan2" / "LATEST", time.monotonic() + 180
+    while not pointer.is_file():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            raise AssertionError(f"training did not begin:\n{proc.communicate()[0][-4000:]}")
+        time.sleep(0.1)
+    return proc, out
+
+
+def test_training_survives_the_tracking_server_going_away(tmp_path, small_dataset, server):
+    proc, out = start_training(tmp_path, small_dataset, server, 6,
+                               "{experiment: outage, max_backoff_s: 1.0, flush_timeout_s: 240, request_timeout_s: 3}")
     try:
-        pointer = out / "dcgan2" / "LATEST"
-        deadline = time.monotonic() + 180
-        while not pointer.is_file():  # the run exists on the server and training has begun
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.1)
+        pointer = out / "dcgan2" / "LATEST"  # the run exists on the server and training has begun
         server.stop()
         time.sleep(4.0)  # training goes on meanwhile, its records queue up
         assert proc.poll() is None or proc.returncode == 0
@@ -148,24 +158,11 @@ def test_records_spooled_while_the_server_is_down_are_sent_when_it_is_back(tmp_p
 def test_training_starts_while_the_server_is_down_and_its_run_appears_when_it_comes_up(tmp_path, small_dataset,
                                                                                         server):
     server.stop()  # down before training starts
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text(
-        "data: {resolution: 32}\nmodel: {g_width: 4, d_width: 4, latent_dim: 8}\n"
-        "train: {progress: false, n_samples: 4, batch_size: 2, epochs: 3, checkpoint_every: 10,"
-        " artifact_every_s: 0}\n"
-        "tracking: {experiment: down-at-start, start_timeout_s: 1, max_backoff_s: 1.0, flush_timeout_s: 300,\n"
-        "           request_timeout_s: 3}\n")
-    out = tmp_path / "train"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--config", str(preset), "--model", "dcgan2",
-           "--dataset", str(small_dataset), "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, out = start_training(tmp_path, small_dataset, server, 3,
+                               "{experiment: down-at-start, start_timeout_s: 1, max_backoff_s: 1.0, "
+                               "flush_timeout_s: 300, request_timeout_s: 3}")
     try:
-        pointer = out / "dcgan2" / "LATEST"
-        deadline = time.monotonic() + 180
-        while not pointer.is_file():  # training has begun without the server
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.1)
+        pointer = out / "dcgan2" / "LATEST"  # training has begun without the server
         key = pointer.read_text().strip()
         assert key.startswith("pending-")
         server.start()
