@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, cores // args.parallel) if args.parallel > 1 else None
 
     # create the tracking store once: N processes migrating a new SQLite file at once collide
+    from pipeline.fsutil import atomic_write_text
     from tracking.runs import ensure_experiment, get_client
 
     ensure_experiment(get_client(f"sqlite:///{out / 'mlflow.db'}"), "bench-quality")
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "contenders": results, "targets": verdict(results),
     }
     text = json.dumps(report, indent=2)
-    (out / "bench_quality.json").write_text(text + "\n")
+    atomic_write_text(out / "bench_quality.json", text + "\n")
     print(text)
     return 0
 

@@ -160,6 +160,7 @@ def champion_quality(ctx: RunContext, checkpoint: Path) -> str:
     import json
 
     from pipeline.evaluate.evaluate import evaluate_checkpoint
+    from pipeline.fsutil import atomic_write_text
 
     cfg = ctx.config.evaluate
     # the evaluate step's report of the champion when there is one: scoring it again would give the same
@@ -179,8 +180,7 @@ def champion_quality(ctx: RunContext, checkpoint: Path) -> str:
     figures = {"fd_learned": fd, "fd_learned_untrained": fd0, "fd_learned_ratio": fd / fd0,
                "fd_learned_real_baseline": baseline_m["fd_learned"], "beat_share": beats,
                "beat_share_real": real_beats, "learned": bool(beats > 0 and fd <= fd0 / 3), "seeds": seeds}
-    (ctx.out / "champion").mkdir(parents=True, exist_ok=True)
-    (ctx.out / "champion" / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
+    atomic_write_text(ctx.out / "champion" / "quality.json", json.dumps(figures, indent=2) + "\n")
     verdict = "it has learned" if figures["learned"] else "NOT learned enough (target: beat share > 0, FD <= 1/3)"
     return (f"fd_learned {fd:.3g} = {fd / fd0:.2f}x the untrained network's {fd0:.3g} (real vs real "
             f"{baseline_m['fd_learned']:.3g}); beat share {beats:.2f} (real clips {real_beats:.2f}): {verdict}")
