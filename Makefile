@@ -13,10 +13,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: system venv
 
-# ffmpeg/ffprobe for pydub and decoding, a Java 17 runtime for TorchServe
+# ffmpeg/ffprobe for pydub and decoding, a Java 17 runtime for TorchServe; for the tests
+# (BROWSER=1) Debian's Chromium, which the browser tests drive through Playwright
+BROWSER ?= 0
 system:
 	@need=""; \
 	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need="$$need ffmpeg"; \
+	[ "$(BROWSER)" = 0 ] || [ -x /usr/bin/chromium ] || need="$$need chromium"; \
 	jv=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1); \
 	[ -n "$$jv" ] && [ "$$jv" -ge 17 ] || need="$$need openjdk-17-jre-headless"; \
 	if [ -n "$$need" ]; then \
@@ -38,11 +41,13 @@ demo: setup
 
 # make test: the linter, the type checker, then both tiers (fast first, so a broken
 # change fails within a minute or two; the slow tier trains and starts real servers)
+test: BROWSER := 1
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
 # the fast tier alone: no servers, no training, about a minute; run it on every change
+test-fast: BROWSER := 1
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
