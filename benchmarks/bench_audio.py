@@ -244,6 +244,15 @@ def bench_longform(folder: Path, cfg: MelConfig, checkpoint: str | None, seeds: 
             for n_iter in (N_ITER, 16):
                 wall, _ = timed(lambda n_iter=n_iter, piece=piece: render_long(piece, n_iter=n_iter), repeats=2)
                 speed[f"render_{n_iter}_iter"] = {"wall_s": round(wall, 2), "x_real_time": round(LONG_SECONDS / wall, 1)}
+            # the baseline in the same run: the same minute as twelve separate clips, batched
+            width = cfg.n_frames
+            clips = torch.from_numpy(np.stack([piece.mel[:, a:a + width]
+                                               for a in range(0, piece.mel.shape[1] - width + 1, width)]))
+            renderer = MelRenderer(cfg, n_iter=N_ITER)
+            wall, _ = timed(lambda renderer=renderer, clips=clips: renderer.render(clips), repeats=2)
+            clip_rate = len(clips) * cfg.clip_seconds / wall
+            speed["clips_batched_x_real_time"] = round(clip_rate, 1)
+            speed["long_vs_clips_speed"] = round(speed[f"render_{N_ITER}_iter"]["x_real_time"] / clip_rate, 2)
             speed["generate_mel_s"] = round(gen_s, 2)
         audio = render_long(piece, n_iter=N_ITER, seed=seed)
         rows.append({**_joins(piece, audio, cfg), "tempo_bpm_windows": piece.tempo_bpm})
