@@ -47,8 +47,6 @@ import selectors
 import subprocess
 import time
 
-import numpy as np
-
 from pipeline.ffmpeg import ffmpeg_binary, ffmpeg_complaint
 
 AUDIO_FORMATS = ("wav", "mp3", "ogg")
@@ -128,13 +126,14 @@ def _run(cmd: list[str], pcm: bytes, fmt: str, timeout_s: float) -> bytes:
     deadline = time.monotonic() + timeout_s
     why = ""
     assert proc.stdin and proc.stdout and proc.stderr  # all three are pipes
+    fd_in, fd_out, fd_err = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
     with selectors.DefaultSelector() as sel:
-        for f in (proc.stdout, proc.stderr):
-            os.set_blocking(f.fileno(), False)
-            sel.register(f, selectors.EVENT_READ)
+        for fd in (fd_out, fd_err):
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
         if pcm:
-            os.set_blocking(proc.stdin.fileno(), False)
-            sel.register(proc.stdin, selectors.EVENT_WRITE)
+            os.set_blocking(fd_in, False)
+            sel.register(fd_in, selectors.EVENT_WRITE)
         else:
             proc.stdin.close()
         while sel.get_map():
@@ -143,20 +142,20 @@ def _run(cmd: list[str], pcm: bytes, fmt: str, timeout_s: float) -> bytes:
                 why = f"ffmpeg did not finish within {timeout_s:g} s"
                 break
             for key, _ in sel.select(left):
-                f = key.fileobj
-                if f is proc.stdin:
+                fd = key.fd
+                if fd == fd_in:
                     try:
-                        sent += os.write(f.fileno(), view[sent:sent + CHUNK])
+                        sent += os.write(fd, view[sent:sent + CHUNK])
                     except BrokenPipeError:  # ffmpeg gave up reading: its stderr says why
                         sent = len(pcm)
                     if sent >= len(pcm):
-                        sel.unregister(f)
-                        f.close()
+                        sel.unregister(fd)
+                        proc.stdin.close()  # end of input: ffmpeg flushes and exits
                     continue
-                chunk = os.read(f.fileno(), CHUNK)
+                chunk = os.read(fd, CHUNK)
                 if not chunk:
-                    sel.unregister(f)
-                elif f is proc.stdout:
+                    sel.unregister(fd)
+                elif fd == fd_out:
                     out += chunk
                 else:
                     err += chunk
