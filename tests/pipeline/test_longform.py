@@ -315,6 +315,26 @@ def test_generate_seconds_writes_one_piece_and_its_path_remakes_it(tiny, tmp_pat
     assert np.array_equal(np.load(again / "piece.npy"), mel)
 
 
+def test_generate_seconds_writes_the_piece_in_each_audio_format(tiny, tmp_path):
+    from pipeline.audio.encode import MP3_DELAY_SAMPLES
+    from pipeline.decode import open_audio
+
+    ckpt, _, _ = tiny
+    out = tmp_path / "piece"
+    assert cli_main(["generate", "--checkpoint", str(ckpt), "--seconds", "6", "--seed", "2", "--iterations", "2",
+                     "--format", "wav,mp3,ogg", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["piece.json", "piece.mp3", "piece.ogg", "piece.wav"]
+
+    def samples(name):
+        _, blocks = open_audio(out / name, CFG.sample_rate)
+        return sum(len(b) for b in blocks.blocks)
+
+    wav = samples("piece.wav")
+    assert samples("piece.ogg") == wav  # Ogg Vorbis: the exact length
+    assert wav + MP3_DELAY_SAMPLES <= samples("piece.mp3") < wav + MP3_DELAY_SAMPLES + 576  # LAME's delay, a frame
+    assert (out / "piece.mp3").stat().st_size < (out / "piece.wav").stat().st_size / 4
+
+
 @pytest.mark.parametrize("args,message", [
     (["--seconds", "2"], "--seconds must be between 5 and 600"),
     (["--seconds", "601"], "--seconds must be between 5 and 600"),
