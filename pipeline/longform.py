@@ -209,6 +209,9 @@ def join_windows(windows: np.ndarray, cfg: MelConfig, settings: LongformConfig, 
             start, shift = 0, 0
         elif starts is not None:
             start = int(starts[k])
+            if not end - width < start <= end:  # a window must touch the last one and not replace it
+                raise UserError(f"long-form path: window {k} starts at frame {start}, which does not join the "
+                                f"window before it (that ends at frame {end})")
             shift = start - (end - overlap)
         else:
             bound = max_shift
@@ -350,7 +353,8 @@ def regenerate(generator: torch.nn.Module, meta: dict[str, Any], path: dict[str,
         z = torch.tensor([w["latent"] for w in path["windows"]], dtype=torch.float32)
         starts = [int(w["start_frame"]) for w in path["windows"]]
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"long-form path windows: {e}") from None
+        raise UserError(f"long-form path windows: each needs a latent of length {meta['latent_dim']} and a "
+                        f"start_frame ({e})") from None
     if z.ndim != 2 or z.shape[1] != int(meta["latent_dim"]):
         raise UserError(f"long-form path latents have shape {tuple(z.shape)}; the model's latent size is "
                         f"{meta['latent_dim']}")

@@ -157,6 +157,14 @@ def test_a_path_that_is_not_one_is_refused(tiny):
     _, generator, meta = tiny
     with pytest.raises(UserError, match="not a long-form path"):
         regenerate(generator, meta, {"windows": "x"})
+    path = generate_long(generator, meta, 12.0, seed=1).path
+    broken = json.loads(json.dumps(path))
+    broken["windows"][1]["start_frame"] = 10_000
+    with pytest.raises(UserError, match="window 1 starts at frame 10000, which does not join"):
+        regenerate(generator, meta, broken)
+    broken["windows"][1]["latent"] = [0.0] * 3
+    with pytest.raises(UserError, match="each needs a latent of length 16"):
+        regenerate(generator, meta, broken)
 
 
 def test_longform_settings_are_validated():
