@@ -39,13 +39,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.audio.encode import CONTENT_TYPES
 from pipeline.config import ListenConfig, MelConfig
 from pipeline.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 PAGE_NAME = "listen.html"
-MIME_TYPES = {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav"}
+# the audio's type in its data: URI (the content type without parameters: a data URI's are plain)
+MIME_TYPES = {fmt: ctype.split(";")[0] for fmt, ctype in CONTENT_TYPES.items()}
 
 
 # ----------------------------------------------------------------------------- what the page holds
@@ -244,24 +246,16 @@ def page_html(title: str, lines: Sequence[str], headline: Headline | None,
 # ----------------------------------------------------------------------------- sounds
 
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
-    """One clip [samples] in [-1, 1] -> the bytes of a ``fmt`` file."""
-    from pipeline.audio import wav_bytes
-
-    if fmt == "wav":
-        return wav_bytes(audio[None], sample_rate, gap_seconds=0.0)
-    raise ValueError(f"listen: format {fmt!r} is not available yet")
-
-
 def _sounds(mels: np.ndarray, audio: np.ndarray, mel_config: MelConfig, cfg: ListenConfig, titles: Sequence[str],
             notes: Sequence[str] | None = None) -> list[Sound]:
+    from pipeline.audio.encode import encode_audio
     from pipeline.plot import plot_mel_grid
 
     out = []
     for i, (mel, clip) in enumerate(zip(mels, audio)):
         picture = plot_mel_grid(mel[None], mel_config)
         assert picture is not None
-        out.append(Sound(titles[i], encode(clip, mel_config.sample_rate, cfg.format), MIME_TYPES[cfg.format],
+        out.append(Sound(titles[i], encode_audio(clip, mel_config.sample_rate, cfg.format), MIME_TYPES[cfg.format],
                          len(clip) / mel_config.sample_rate, picture, notes[i] if notes else ""))
     return out
 
@@ -311,8 +305,22 @@ def generated_sounds(generator, meta: dict, cfg: ListenConfig) -> list[Sound]:
 
 
 def long_sounds(generator, meta: dict, cfg: ListenConfig) -> list[Sound]:
-    """The long-form piece of ``cfg.long_seconds`` (none when 0)."""
-    return []
+    """The long-form piece of ``cfg.long_seconds`` (none when 0) from the latent walk of
+    ``cfg.seed``, with the default ``LongformConfig``, its window joins marked in the picture."""
+    if not cfg.long_seconds:
+        return []
+    from pipeline.audio.encode import encode_audio
+    from pipeline.longform import generate_long, render_long
+    from pipeline.plot import plot_long_mel
+
+    piece = generate_long(generator, meta, cfg.long_seconds, seed=cfg.seed)
+    audio = render_long(piece, n_iter=cfg.iterations, seed=cfg.seed)
+    picture = plot_long_mel(piece.mel, piece.mel_config, boundaries_s=piece.boundaries_s)
+    assert picture is not None
+    tempo = f", about {piece.tempo_bpm:.0f} BPM" if piece.tempo_bpm else ""
+    return [Sound(f"{piece.seconds:.0f} s piece", encode_audio(audio, piece.sample_rate, cfg.format),
+                  MIME_TYPES[cfg.format], len(audio) / piece.sample_rate, picture,
+                  f"seed {cfg.seed}, {len(piece.path['windows'])} windows{tempo}; dashed lines: window joins")]
 
 
 def real_sounds(dataset: str | Path, resolution: int, cfg: ListenConfig) -> list[Sound]:
