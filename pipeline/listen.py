@@ -117,10 +117,12 @@ def headline_from_report(report: Any) -> Headline:
     rows = [MetricRow(k, float(v), _finite(std.get(k)) if several else None, _finite(base.get(k)),
                       _finite(base_std.get(k)) if several else None, higher_is_better(k))
             for k, v in metrics.items() if _finite(v) is not None]
-    lines = [f"checkpoint {info.get('checkpoint')} of {info.get('model')} (epoch {info.get('epoch')})",
-             f"dataset {info.get('dataset')} (fingerprint {info.get('dataset_fingerprint')}), "
-             f"{info.get('n_ref')} reference and {info.get('n_held_out')} held-out real clips",
-             f"encoder {info.get('encoder_id')}, NDB/K on {info.get('ndb_clips')} clips per side"]
+    # a line only where the report has every figure it names
+    wanted = [("checkpoint {checkpoint} of {model} (epoch {epoch})", ("checkpoint", "model", "epoch")),
+              ("dataset {dataset} (fingerprint {dataset_fingerprint}), {n_ref} reference and {n_held_out} "
+               "held-out real clips", ("dataset", "dataset_fingerprint", "n_ref", "n_held_out")),
+              ("encoder {encoder_id}, NDB/K on {ndb_clips} clips per side", ("encoder_id", "ndb_clips"))]
+    lines = [text.format(**info) for text, keys in wanted if all(info.get(k) is not None for k in keys)]
     n = info.get("n_generated")
     return Headline(rows, seeds, int(n) if isinstance(n, (int, float)) else None, lines)
 
@@ -265,8 +267,8 @@ def _render(mels: np.ndarray, mel_config: MelConfig, cfg: ListenConfig) -> np.nd
 
     from pipeline.audio import MelRenderer
 
-    if not len(mels):
-        return np.zeros((0, mel_config.clip_samples), np.float32)
+    if mels.ndim != 3:
+        raise ValueError(f"clips must be [N, R, R], got shape {mels.shape}")
     renderer = MelRenderer(mel_config, n_iter=cfg.iterations, seed=cfg.seed)
     return renderer.render(torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32))).numpy()
 
@@ -336,7 +338,7 @@ def real_sounds(dataset: str | Path, resolution: int, cfg: ListenConfig) -> list
     def make() -> list[Sound]:
         rng = np.random.default_rng([cfg.seed, 11])
         picks = np.sort(rng.choice(len(ds), size=min(cfg.real_clips, len(ds)), replace=False))
-        mels = np.stack([ds[int(i)][0][0].numpy() for i in picks]) if len(picks) else np.zeros((0,))
+        mels = np.stack([ds[int(i)][0].numpy() for i in picks])  # [K, R, R]: each item is [1, R, R]
         return _sounds(mels, _render(mels, ds.mel_config, cfg), ds.mel_config, cfg,
                        [f"real {k + 1}" for k in range(len(picks))], [f"clip {int(i)}" for i in picks])
 

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import ListenConfig
 from pipeline.listen import MIME_TYPES, PAGE_NAME, build_page, headline_from_metrics, headline_from_report
-from tests.browser import artifact_dir, page  # noqa: F401
+from tests.browser import artifact_dir, browser, page  # noqa: F401
 from tests.tracking.eval_runs import artifacts, make_checkpoint, make_run, store_uri
 
 # cheap: a handful of clips, few Griffin-Lim iterations
@@ -89,7 +89,7 @@ def test_the_page_is_html5_with_audio_and_pictures_that_decode(built, tmp_path, 
     # nothing is fetched from elsewhere: every src is embedded, no script, no stylesheet link
     assert all(el.get("src", "").startswith("data:") for el in doc.iter() if el.get("src") is not None)
     assert doc.findall(".//script") == [] and doc.findall(".//link") == []
-    titles = [fig.find("figcaption").text for fig in doc.findall(".//figure")]
+    titles = [fig.find("figcaption").text.strip() for fig in doc.findall(".//figure")]
     assert titles[:2] == ["generated 1", "generated 2"] and titles[3:] == ["real 1", "real 2"]
     assert set(built.sounds) == {"Generated clips", "Long-form piece", "Real clips"}
 
@@ -155,7 +155,7 @@ def test_promote_logs_the_champions_page_to_its_run(tmp_path, small_dataset):
 
 
 @pytest.mark.slow
-def test_the_page_plays_in_a_real_browser(built, tmp_path, page):  # noqa: F811
+def test_the_page_plays_in_a_real_browser(built, tmp_path, page):  # noqa: F811 (the fixture)
     path = built.write(tmp_path / PAGE_NAME)
     page.goto(path.resolve().as_uri())
     # every audio element reads its header (no download beyond the data URI) ...
