@@ -478,6 +478,13 @@ class ListenConfig(Section):
     format: Literal["mp3", "ogg", "wav"] = Field("mp3", description="the page's audio (compressed keeps it small)")
     seed: int = Field(0, ge=0, description="latents of the clips and the long piece, and which real clips")
 
+    @field_validator("long_seconds")
+    @classmethod
+    def _long(cls, v: float) -> float:
+        if 0 < v < 5:
+            raise ValueError(f"must be 0 (no long piece) or at least 5 s (one window), got {v}")
+        return v
+
 
 class EvaluateConfig(Section):
     """Scoring runs (``technogan evaluate``), promoting the best (``technogan promote``)

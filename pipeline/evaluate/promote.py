@@ -168,7 +168,7 @@ def champion_page(winner: "RunRow", checkpoint: str, version: str, model_name: s
 
     from pipeline.listen import PAGE_NAME, build_page, headline_from_metrics, headline_from_report
     from tracking.evaluation import evaluation_report
-    from tracking.runs import download_checkpoint
+    from tracking.runs import DATASET_PARAM, download_checkpoint
 
     report = evaluation_report(winner.run_id, checkpoint, uri)
     headline = headline_from_report(report) if report else headline_from_metrics(winner.metrics, winner.tags)
@@ -179,7 +179,7 @@ def champion_page(winner: "RunRow", checkpoint: str, version: str, model_name: s
              + f"</tbody></table></div><p>Ranked by {e(metric)}.</p>")
     with tempfile.TemporaryDirectory(prefix="technogan-listen-") as tmp:
         path = download_checkpoint(winner.run_id, checkpoint, dst=tmp, uri=uri)
-        page = build_page(path, winner.params.get("dataset.path"), cfg, headline,
+        page = build_page(path, winner.params.get(DATASET_PARAM), cfg, headline,
                           title=f"Champion: {winner.name} ({winner.model})",
                           lines=[f"{model_name} version {version} @{alias}: run {winner.run_id}, "
                                  f"checkpoint {checkpoint}."], extra_html=table)

@@ -187,6 +187,21 @@ def test_config_turns_the_page_off_and_bounds_it():
     assert not load_config(None, {"evaluate.listen.enabled": False}).evaluate.listen.enabled
     with pytest.raises(UserError, match="evaluate.listen.clips"):
         load_config(None, {"evaluate.listen.clips": 1000})
+    with pytest.raises(UserError, match="evaluate.listen.long_seconds"):
+        load_config(None, {"evaluate.listen.long_seconds": 2.0})
     with pytest.raises(UserError, match="evaluate.listen.format"):
         load_config(None, {"evaluate.listen.format": "flac"})
     assert np.isfinite(load_config(None).evaluate.demo_long_seconds)
+
+
+def test_a_piece_of_exactly_one_row_is_drawn_in_one_row(mel_config):
+    from PIL import Image
+
+    from pipeline.longform import seconds_to_frames
+    from pipeline.plot import plot_long_mel
+
+    # a 30 s piece has one frame past 30 s (T frames are T - 1 hops): still one row of 30 s
+    frames = seconds_to_frames(30.0, mel_config)
+    one = Image.open(io.BytesIO(plot_long_mel(np.zeros((mel_config.n_mels, frames), np.float32), mel_config)))
+    two = Image.open(io.BytesIO(plot_long_mel(np.zeros((mel_config.n_mels, 2 * frames), np.float32), mel_config)))
+    assert two.size[1] > 1.5 * one.size[1]  # 60 s: two rows of 30 s
