@@ -120,7 +120,7 @@ def plot_long_mel(mel, mel_config: MelConfig, path: str | Path | None = None, ti
     if title:
         fig.suptitle(title)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)  # one row leaves no room for the time label otherwise
     data = buf.getvalue()
     if path is None:
         return data

@@ -119,6 +119,9 @@ def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_data
     assert "promotion/listen.html" in artifacts(client, champion["run_id"], "promotion")
     page = parse((out / "evaluation" / "listen.html").read_text())
     assert page.find(".//table[@id='comparison']") is not None and len(page.findall(".//audio")) == 3
+    # the champion's page plays the checkpoint evaluate scored: the same clips, piece and real clips
+    scored = parse((out / "evaluation" / champion["model"] / "listen.html").read_text())
+    assert [a.get("src") for a in page.findall(".//audio")] == [a.get("src") for a in scored.findall(".//audio")]
     # the champion's long piece: audio of the asked length, its picture and its latent path
     assert sf.info(str(out / "champion" / "long-piece.wav")).duration == pytest.approx(12.0, abs=0.05)
     assert (out / "champion" / "long-piece.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
