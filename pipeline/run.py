@@ -127,8 +127,9 @@ def step_evaluate(ctx: RunContext) -> None:
 
 
 def step_promote(ctx: RunContext) -> None:
-    """Promote the best finished run to ``champion``, keep the comparison table, and render
-    a few of the champion's clips to WAV (with the mel grid and arrays) under ``<out>/champion``."""
+    """Promote the best finished run to ``champion``, keep the comparison table (and, with
+    ``evaluate.listen``, the champion's ``listen.html``), and render a few of the champion's
+    clips to WAV (with the mel grid and arrays) and a long-form piece under ``<out>/champion``."""
     from pipeline.evaluate.promote import promote
     from pipeline.generate import generate_files
     from tracking.registry import champion_checkpoint

@@ -95,4 +95,3 @@ def evaluation_report(run_id: str, checkpoint: str, uri: str | None = None) -> d
         except (MlflowException, OSError, ValueError):
             return None
     return data if isinstance(data, dict) else None
-
