@@ -465,6 +465,27 @@ class LongformConfig(Section):
 # ----------------------------------------------------------------------------- evaluation
 
 
+class ListenConfig(Section):
+    """``listen.html``, the page ``evaluate`` and ``promote`` log to a run: generated clips,
+    a long-form piece and real clips, each with its spectrogram, and the headline scores
+    (see pipeline/listen.py). Its cost is the rendering: keep it to a handful of clips."""
+
+    enabled: bool = Field(True, description="build and log listen.html in evaluate and promote")
+    clips: int = Field(4, ge=0, le=32, description="generated clips on the page")
+    real_clips: int = Field(4, ge=0, le=32, description="real clips of the training set on the page")
+    long_seconds: float = Field(30.0, ge=0.0, le=600.0, description="the long-form piece's length (s); 0 = none")
+    iterations: int = Field(16, ge=0, le=1000, description="Griffin-Lim iterations for the page's audio")
+    format: Literal["mp3", "ogg", "wav"] = Field("mp3", description="the page's audio (compressed keeps it small)")
+    seed: int = Field(0, ge=0, description="latents of the clips and the long piece, and which real clips")
+
+    @field_validator("long_seconds")
+    @classmethod
+    def _long(cls, v: float) -> float:
+        if 0 < v < 5:
+            raise ValueError(f"must be 0 (no long piece) or at least 5 s (one window), got {v}")
+        return v
+
+
 class EvaluateConfig(Section):
     """Scoring runs (``technogan evaluate``), promoting the best (``technogan promote``)
     and rendering audio from mels (``technogan generate``). See pipeline/evaluate/."""
@@ -500,6 +521,9 @@ class EvaluateConfig(Section):
     render_iterations: int = Field(32, ge=0, le=1000, description="Griffin-Lim iterations for WAV output")
     render_mel_inverse: Literal["nnls", "pinv"] = "nnls"
     demo_wavs: int = Field(4, ge=0, le=64, description="clips `technogan run` renders to WAV per champion")
+    demo_long_seconds: float = Field(30.0, ge=0.0, le=600.0, description="length (s) of the long-form piece of "
+                                     "the champion `technogan run` writes beside its clips; 0 = none")
+    listen: ListenConfig = Field(default_factory=ListenConfig)
 
     @field_validator("beat_bpm", "tempo_search_bpm")
     @classmethod

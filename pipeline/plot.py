@@ -93,10 +93,11 @@ def plot_long_mel(mel, mel_config: MelConfig, path: str | Path | None = None, ti
         raise ValueError(f"row_seconds must be positive, got {row_seconds}")
     db = normalised_to_db(x, cfg)
     frame_s = cfg.hop_length / cfg.sample_rate
-    total_s = x.shape[1] * frame_s
+    # T frames are (T - 1) hops of audio: a 30 s piece has a frame past 30 s, not a second row
+    total_s = max(1, x.shape[1] - 1) * frame_s
     nrows = max(1, math.ceil(total_s / row_seconds - 1e-9))
     width_s = min(row_seconds, total_s)
-    per_row = int(round(width_s / frame_s))
+    per_row = max(int(round(width_s / frame_s)), math.ceil(x.shape[1] / nrows))
     tick_pos, tick_labels = _hz_ticks(cfg)
     fig = Figure(figsize=(min(16.0, 2.0 + 0.45 * width_s), 1.9 * nrows + (0.6 if title else 0.3)), dpi=100)
     axes = fig.subplots(nrows, 1, squeeze=False, sharey=True)[:, 0]
@@ -119,7 +120,7 @@ def plot_long_mel(mel, mel_config: MelConfig, path: str | Path | None = None, ti
     if title:
         fig.suptitle(title)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)  # one row leaves no room for the time label otherwise
     data = buf.getvalue()
     if path is None:
         return data
