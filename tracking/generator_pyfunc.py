@@ -13,12 +13,18 @@ config's analysis resolution, seed-major: clip ``i`` of seed ``s`` is exactly wh
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
 MAX_CLIPS = 4096  # per call: a generous bound that keeps one call's memory in check
+
+
+# the signature is given explicitly when the model is logged; MLflow would otherwise urge
+# type hints on predict each time this class is defined
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class GeneratorModel(PythonModel):
