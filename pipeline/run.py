@@ -136,10 +136,15 @@ def step_promote(ctx: RunContext) -> None:
     from tracking.registry import champion_checkpoint
 
     c, ev = ctx.config, ctx.config.evaluate
+    t0 = time.perf_counter()
     result = promote(c.tracking.experiment, ev.selection_metric, ev.registry_model, ev.champion_alias,
-                     c.tracking.uri, out=ctx.out / "evaluation")
+                     c.tracking.uri, out=ctx.out / "evaluation", listen=ev.listen)
     print("\n" + result.table_text + "\n")
     ctx.outputs["comparison table"] = str(ctx.out / "evaluation" / "comparison.md")
+    if ev.listen.enabled:
+        ctx.outputs["listen page"] = (f"{ctx.out / 'evaluation' / 'listen.html'} (in the MLflow UI: the champion "
+                                      f"run's promotion/listen.html, every evaluated run's listen.html)")
+        log.info("promote with listen.html: %.1f s", time.perf_counter() - t0)
     ctx.outputs["champion"] = (f"{ev.registry_model}@{ev.champion_alias} = version {result.version} "
                                f"(run {result.winner.run_id}, {result.winner.model})")
     ctx.state["champion"] = {"name": ev.registry_model, "alias": ev.champion_alias, "version": result.version,
@@ -154,6 +159,24 @@ def step_promote(ctx: RunContext) -> None:
                               mel_inverse=ev.render_mel_inverse)
         wavs = [f for f in made.files if f.suffix == ".wav"]
         ctx.outputs["champion audio"] = f"{ctx.out / 'champion'} ({len(wavs)} WAV files, mels.png, mels.npy)"
+    if ev.demo_long_seconds:
+        ctx.outputs["champion long piece"] = champion_long_piece(ctx, path)
+
+
+def champion_long_piece(ctx: RunContext, checkpoint: Path) -> str:
+    """A long-form piece of ``evaluate.demo_long_seconds`` by the champion (``pipeline.longform``,
+    the config's ``longform`` settings) under ``<out>/champion``: ``long-piece.wav``, its picture
+    ``long-piece.png`` and its latent path ``long-piece.json``."""
+    from pipeline.generate import generate_long_files
+
+    ev = ctx.config.evaluate
+    t0 = time.perf_counter()
+    piece, files = generate_long_files(checkpoint, ctx.out / "champion", seconds=ev.demo_long_seconds,
+                                       formats=("png", "wav"), seed=ev.seed, render_iterations=ev.render_iterations,
+                                       mel_inverse=ev.render_mel_inverse, settings=ctx.config.longform,
+                                       prefix="long-")
+    log.info("champion long piece: %.0f s of audio in %.1f s", piece.seconds, time.perf_counter() - t0)
+    return f"{ctx.out / 'champion'} ({', '.join(f.name for f in files)}: {piece.seconds:.0f} s)"
 
 
 def champion_quality(ctx: RunContext, checkpoint: Path) -> str:

@@ -78,3 +78,21 @@ def already_evaluated(run_id: str, metric: str, n: int, uri: str | None = None, 
     tags = run.data.tags
     return (metric in run.data.metrics and tags.get("technogan.eval.n") == str(n)
             and (seeds is None or tags.get("technogan.eval.seeds") == str(seeds)))
+
+
+def evaluation_report(run_id: str, checkpoint: str, uri: str | None = None) -> dict | None:
+    """The JSON report ``evaluate`` logged for the run's ``checkpoint`` (``evaluation/<checkpoint>/
+    report.json``), or None when it has none."""
+    import json
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="technogan-report-") as tmp:
+        try:
+            local = get_client(uri).download_artifacts(run_id, f"evaluation/{checkpoint}/report.json", tmp)
+            data = json.loads(Path(local).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
+    return data if isinstance(data, dict) else None
+

@@ -578,8 +578,9 @@ def flush_spool(spool_dir: str | os.PathLike | None = None, uri: str | None = No
 # ----------------------------------------------------------------------------- writing to a finished run
 
 
-def log_files(run_id: str, files: Iterable[tuple[str | os.PathLike, str]], uri: str | None = None) -> None:
-    """Upload (local path, artifact folder) pairs to a run, synchronously (evaluation, promotion)."""
+def log_files(run_id: str, files: Iterable[tuple[str | os.PathLike, str | None]], uri: str | None = None) -> None:
+    """Upload (local path, artifact folder) pairs to a run, synchronously (evaluation, promotion);
+    folder None puts the file at the top of the run's artifacts."""
     client = get_client(uri)
     for local, folder in files:
         client.log_artifact(run_id, str(local), folder)

@@ -453,9 +453,10 @@ def evaluate_run(run_id: str, which: str = "latest", dataset: str | Path | None 
             raise UserError(f"run {run_id} has no checkpoints/generator-latest.pt (not trained yet?)")
         real: RealData | None = None
         scored: list[tuple[str, Report]] = []
+        paths: dict[str, Path] = {}
         for name in names:
             which_arg = name.split("-", 1)[1] if name.startswith("epoch-") else name
-            path = download_checkpoint(run_id, which_arg, dst=Path(tmp) / "ckpt" / name, uri=uri)
+            path = paths[name] = download_checkpoint(run_id, which_arg, dst=Path(tmp) / "ckpt" / name, uri=uri)
             log.info("evaluate: run %s, checkpoint %s", run_id, name)
             report, real = evaluate_checkpoint(path, dataset, cfg, real, progress)
             report.info.update({"run_id": run_id, "checkpoint": name})
@@ -484,7 +485,27 @@ def evaluate_run(run_id: str, which: str = "latest", dataset: str | Path | None 
                                         "technogan.eval.dataset_fingerprint": real.fingerprint})
         if out:
             final.write(out_dir)
+        if cfg.listen.enabled:
+            log_listen_page(run_id, paths[final_name], dataset, final, cfg, out_dir, uri)
     return final
+
+
+def log_listen_page(run_id: str, checkpoint: Path, dataset: Path, report: Report, cfg: EvaluateConfig,
+                    folder: Path, uri: str | None = None) -> Path:
+    """Build ``listen.html`` for the scored checkpoint (its clips and long piece, real clips,
+    the report's scores), write it into ``folder`` and log it at the top of the run's artifacts."""
+    from pipeline.listen import PAGE_NAME, build_page, headline_from_report
+    from tracking.runs import log_files
+
+    i = report.info
+    page = build_page(checkpoint, dataset, cfg.listen, headline_from_report(report),
+                      title=f"{i.get('model')}: run {run_id}, checkpoint {i.get('checkpoint')}",
+                      lines=[f"Evaluated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."])
+    path = page.write(folder / PAGE_NAME)
+    log_files(run_id, [(path, None)], uri)
+    log.info("evaluate: %s logged to run %s (%.0f KB, built in %.1f s)", PAGE_NAME, run_id, page.size / 1024,
+             page.seconds)
+    return path
 
 
 # ----------------------------------------------------------------------------- CLI

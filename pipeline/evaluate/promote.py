@@ -30,6 +30,7 @@ from pipeline.evaluate.metrics import higher_is_better
 from pipeline.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
+    from pipeline.config import ListenConfig
     from tracking.registry import RunRow
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,10 @@ def text_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = "technogan-generator",
-            alias: str = "champion", uri: str | None = None, out: str | Path | None = None) -> Promotion:
-    """Register the best finished run of ``experiment`` by ``metric`` and point ``alias`` at it."""
+            alias: str = "champion", uri: str | None = None, out: str | Path | None = None,
+            listen: "ListenConfig | None" = None) -> Promotion:
+    """Register the best finished run of ``experiment`` by ``metric`` and point ``alias`` at it;
+    with ``listen`` (enabled), also log ``promotion/listen.html`` to the champion's run."""
     from tracking import registry
     from tracking.runs import log_files
 
@@ -148,9 +151,40 @@ def promote(experiment: str, metric: str = "eval.fd_learned", model_name: str = 
         files = [folder / "comparison.md", folder / "comparison.json"]
         atomic_write_text(files[0], md)
         atomic_write_text(files[1], json.dumps(data, indent=2, default=str) + "\n")
+        if listen is not None and listen.enabled:
+            files.append(champion_page(winner, scored_checkpoint, str(mv.version), model_name, alias, metric,
+                                       header, body, listen, folder, uri))
         log_files(winner.run_id, [(f, "promotion") for f in files], uri)
     return Promotion(winner, str(mv.version), model_name, alias, metric, header, body, md, data,
                      files if out else [])
+
+
+def champion_page(winner: "RunRow", checkpoint: str, version: str, model_name: str, alias: str, metric: str,
+                  header: list[str], body: list[list[str]], cfg: "ListenConfig", folder: Path,
+                  uri: str | None = None) -> Path:
+    """``listen.html`` of the champion (its scored checkpoint, the real clips of the dataset it
+    trained on, its evaluation's scores and the comparison of all runs) written into ``folder``."""
+    import html
+
+    from pipeline.listen import PAGE_NAME, build_page, headline_from_metrics, headline_from_report
+    from tracking.evaluation import evaluation_report
+    from tracking.runs import download_checkpoint
+
+    report = evaluation_report(winner.run_id, checkpoint, uri)
+    headline = headline_from_report(report) if report else headline_from_metrics(winner.metrics, winner.tags)
+    e = html.escape
+    table = ("<h2>All runs</h2><div class=\"scroll\"><table id=\"comparison\"><thead><tr>"
+             + "".join(f"<th>{e(str(c))}</th>" for c in header) + "</tr></thead><tbody>"
+             + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in body)
+             + f"</tbody></table></div><p>Ranked by {e(metric)}.</p>")
+    with tempfile.TemporaryDirectory(prefix="technogan-listen-") as tmp:
+        path = download_checkpoint(winner.run_id, checkpoint, dst=tmp, uri=uri)
+        page = build_page(path, winner.params.get("dataset.path"), cfg, headline,
+                          title=f"Champion: {winner.name} ({winner.model})",
+                          lines=[f"{model_name} version {version} @{alias}: run {winner.run_id}, "
+                                 f"checkpoint {checkpoint}."], extra_html=table)
+    log.info("promote: %s of the champion (%.0f KB, built in %.1f s)", PAGE_NAME, page.size / 1024, page.seconds)
+    return page.write(folder / PAGE_NAME)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,7 +198,7 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     ev = config.evaluate
     result = promote(args.experiment or config.tracking.experiment, args.metric or ev.selection_metric,
-                     ev.registry_model, ev.champion_alias, config.tracking.uri, args.out)
+                     ev.registry_model, ev.champion_alias, config.tracking.uri, args.out, listen=ev.listen)
     print(result.table_text)
     print(f"\n{result.model_name} version {result.version} is now @{result.alias}: run {result.winner.run_id} "
           f"({result.winner.model}, {result.metric} = {result.winner.metrics[result.metric]:.4g})")

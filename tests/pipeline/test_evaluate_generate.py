@@ -83,7 +83,9 @@ def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_data
         "tracking.uri": uri, "tracking.experiment": "demo",
         "evaluate.n": 48, "evaluate.encoder_steps": 20, "evaluate.kmeans_k": 4, "evaluate.kid_subsets": 3,
         "evaluate.kid_subset_size": 16, "evaluate.demo_wavs": 2, "evaluate.render_iterations": 2,
-        "evaluate.encoder_dir": str(tmp_path / "enc"),
+        "evaluate.encoder_dir": str(tmp_path / "enc"), "evaluate.demo_long_seconds": 12.0,
+        "evaluate.listen.clips": 1, "evaluate.listen.real_clips": 1, "evaluate.listen.long_seconds": 6.0,
+        "evaluate.listen.iterations": 2,
     })
     runs = {m: make_run(uri, "demo", tmp_path, model=m, dataset=small_dataset) for m in ("dcgan1", "wgan-gp")}
     ctx = RunContext(config=config, out=tmp_path / "out")
@@ -107,6 +109,21 @@ def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_data
     assert quality["fd_learned_untrained"] != pytest.approx(quality["fd_learned"])
     assert quality["fd_learned_ratio"] == pytest.approx(quality["fd_learned"] / quality["fd_learned_untrained"])
     assert quality["learned"] == (quality["beat_share"] > 0 and quality["fd_learned_ratio"] <= 1 / 3)
+    # listen.html: on every evaluated run, and the champion's (with the comparison) on its run
+    from tests.pipeline.test_listen import parse
+    from tests.tracking.eval_runs import artifacts
+
+    for m, rid in runs.items():
+        assert "listen.html" in artifacts(client, rid), m
+        assert len(parse((out / "evaluation" / m / "listen.html").read_text()).findall(".//audio")) == 3
+    assert "promotion/listen.html" in artifacts(client, champion["run_id"], "promotion")
+    page = parse((out / "evaluation" / "listen.html").read_text())
+    assert page.find(".//table[@id='comparison']") is not None and len(page.findall(".//audio")) == 3
+    # the champion's long piece: audio of the asked length, its picture and its latent path
+    assert sf.info(str(out / "champion" / "long-piece.wav")).duration == pytest.approx(12.0, abs=0.05)
+    assert (out / "champion" / "long-piece.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "champion" / "long-piece.json").read_text())["seconds"] == 12.0
+    assert "champion long piece" in ctx.outputs and "listen page" in ctx.outputs
     # a second pass scores nothing again and keeps the champion
     before = len(client.get_metric_history(runs["dcgan1"], "eval.fd_learned"))
     step_evaluate(ctx)

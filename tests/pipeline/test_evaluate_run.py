@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as cli_main
-from pipeline.config import EvaluateConfig
+from pipeline.config import EvaluateConfig, ListenConfig
 from pipeline.errors import UserError
 from pipeline.evaluate.evaluate import BASELINE_PREFIX, CEILING_PREFIX, PREFIX, STD_PREFIX, evaluate_run
 from tests.tracking.eval_runs import artifacts, make_run, store_uri
@@ -18,6 +18,7 @@ from tracking.runs import get_client
 
 FAST = dict(n=64, encoder_steps=30, kmeans_k=4, kid_subsets=5, kid_subset_size=16, batch_size=64, seeds=2,
             render_iterations=2)
+NO_PAGE = ListenConfig(enabled=False)  # listen.html has its own tests (tests/pipeline/test_listen.py)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def encoder_dir(tmp_path_factory):
 def test_metrics_appear_on_the_mlflow_run(tmp_path, small_dataset, encoder_dir):
     uri = store_uri(tmp_path)
     rid = make_run(uri, "eval-test", tmp_path, dataset=small_dataset, epochs=2)
-    cfg = EvaluateConfig(**FAST, encoder_dir=str(encoder_dir))
+    cfg = EvaluateConfig(**FAST, listen=NO_PAGE, encoder_dir=str(encoder_dir))
     report = evaluate_run(rid, "all", cfg=cfg, uri=uri, out=tmp_path / "reports", progress=False)
 
     client = get_client(uri)
@@ -61,6 +62,7 @@ def test_metrics_appear_on_the_mlflow_run(tmp_path, small_dataset, encoder_dir):
     files = artifacts(client, rid, "evaluation")
     assert {"evaluation/latest/report.json", "evaluation/latest/report.md", "evaluation/epoch-1/report.json",
             "evaluation/epoch-2/report.md"} <= files
+    assert "listen.html" not in artifacts(client, rid)  # evaluate.listen.enabled false: no page
     encoder_files = [f for f in files if f.startswith("evaluation/encoder/encoder-")]
     assert len(encoder_files) == 1
     # every score names its encoder
@@ -76,7 +78,7 @@ def test_metrics_appear_on_the_mlflow_run(tmp_path, small_dataset, encoder_dir):
 def test_evaluation_is_reproducible_and_reuses_the_encoder(tmp_path, small_dataset, encoder_dir):
     uri = store_uri(tmp_path)
     rid = make_run(uri, "eval-test", tmp_path, dataset=small_dataset)
-    cfg = EvaluateConfig(**FAST, encoder_dir=str(encoder_dir))
+    cfg = EvaluateConfig(**FAST, listen=NO_PAGE, encoder_dir=str(encoder_dir))
     a = evaluate_run(rid, "latest", cfg=cfg, uri=uri, progress=False)
     b = evaluate_run(rid, "latest", cfg=cfg, uri=uri, progress=False)
     assert a.info["encoder_id"] == b.info["encoder_id"]
@@ -90,7 +92,7 @@ def test_cli_evaluate_and_its_errors(tmp_path, small_dataset, encoder_dir, monke
     rid = make_run(uri, "eval-test", tmp_path, dataset=tmp_path / "moved-away")
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("evaluate:\n" + "".join(f"  {k}: {v}\n" for k, v in FAST.items())
-                        + f"  encoder_dir: {encoder_dir}\n")
+                        + f"  encoder_dir: {encoder_dir}\n  listen: {{enabled: false}}\n")
     # the run's dataset is not here: the error says so and how to fix it
     assert cli_main(["evaluate", "--run-id", rid, "--config", str(cfg_file)]) == 2
     assert "--dataset" in capsys.readouterr().err
@@ -106,13 +108,13 @@ def test_cli_evaluate_and_its_errors(tmp_path, small_dataset, encoder_dir, monke
     assert "x 1 seed(s)" in out and "±" not in out
     assert get_client(uri).get_run(rid).data.tags["technogan.eval.seeds"] == "1"
     with pytest.raises(UserError, match="latest, best or all"):
-        evaluate_run(rid, "newest", dataset=small_dataset, cfg=EvaluateConfig(**FAST), uri=uri)
+        evaluate_run(rid, "newest", dataset=small_dataset, cfg=EvaluateConfig(**FAST, listen=NO_PAGE), uri=uri)
 
 
 def test_best_picks_the_checkpoint_with_the_best_selection_metric(tmp_path, small_dataset, encoder_dir):
     uri = store_uri(tmp_path)
     rid = make_run(uri, "eval-test", tmp_path, dataset=small_dataset, epochs=2)
-    cfg = EvaluateConfig(**FAST, encoder_dir=str(encoder_dir))
+    cfg = EvaluateConfig(**FAST, listen=NO_PAGE, encoder_dir=str(encoder_dir))
     report = evaluate_run(rid, "best", cfg=cfg, uri=uri, out=tmp_path / "r", progress=False)
     scored = {p.name: json.loads((p / "report.json").read_text())["metrics"]["fd_learned"]
               for p in (tmp_path / "r").iterdir() if p.is_dir()}
