@@ -2,9 +2,10 @@
 real training runs, opened in headless Chromium.
 
 The store is made by the demo's own code path (``pipeline.train.train`` for each model,
-then ``tracking.registry.register_generator``, which ``technogan promote`` calls with the
-winner), on the shared synthetic dataset, with tiny networks: the UI shows the same
-things for a tiny run as for a long one.
+then what ``technogan promote`` does with its winner: ``tracking.registry.register_generator``
+and the champion's ``promotion/listen.html`` from ``promote.champion_page``), on the
+shared synthetic dataset, with tiny networks: the UI shows the same things for a tiny run
+as for a long one. Evaluation, which only decides *which* run wins, is left out.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ MODELS = ("dcgan1", "wgan-gp")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, small_dataset):
     """Two finished training runs and a champion, as the demo leaves them."""
-    from pipeline.config import load_config
+    from pipeline.config import ListenConfig, load_config
     from pipeline.dataset import MelDataset
+    from pipeline.evaluate.promote import champion_page
     from pipeline.train import train
-    from tracking.registry import register_generator
+    from tracking.registry import finished_runs, register_generator
 
     root = tmp_path_factory.mktemp("ui_store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -43,6 +45,12 @@ def store(tmp_path_factory, small_dataset):
         assert result.status == "finished" and result.run_id, result
         runs[model] = result
     champion = register_generator(runs["dcgan1"].run_id, uri=uri)
+    # the champion's page, as promote logs it (a small one: what is checked is that it is there)
+    [winner] = [r for r in finished_runs(EXPERIMENT, uri) if r.run_id == runs["dcgan1"].run_id]
+    page = champion_page(winner, "latest", str(champion.version), champion.name, "champion", "eval.fd_learned",
+                         ["run"], [[winner.name]], ListenConfig(clips=1, real_clips=1, long_seconds=6, iterations=2),
+                         root / "promotion", uri)
+    tracking.log_files(winner.run_id, [(page, "promotion")], uri)
     exp = tracking.get_client(uri).get_experiment_by_name(EXPERIMENT)
     return {"root": root, "uri": uri, "runs": runs, "champion": champion, "experiment_id": exp.experiment_id,
             "fingerprint": MelDataset(small_dataset).fingerprint(), "dataset_name": Path(small_dataset).name}
@@ -135,3 +143,17 @@ def test_the_runs_page_lists_the_runs_with_their_dataset_and_model_in_the_traini
     assert "Training" in option.first.inner_text()  # the input's context
     page.keyboard.press("Escape")
     page.screenshot(path=str(artifact_dir() / "mlflow-ui-runs.png"))
+
+
+def test_the_champions_listen_page_is_among_its_artifacts_and_plays_in_the_ui(store, ui, page):
+    run_id = store["runs"]["dcgan1"].run_id
+    page.set_viewport_size({"width": 1920, "height": 1000})
+    page.goto(f"{ui.uri}/#/experiments/{store['experiment_id']}/runs/{run_id}/artifacts/promotion/listen.html"
+              "?workflowType=machine_learning")
+    page.get_by_text("listen.html", exact=True).first.wait_for()
+    # the UI shows the HTML artifact inline, in a sandboxed frame: the page with its audio
+    frame = page.frame_locator("iframe").first
+    frame.locator("audio").first.wait_for(state="attached")
+    assert frame.locator("audio").count() >= 3  # a generated clip, the long piece, a real clip
+    assert "Champion: dcgan1" in frame.locator("body").inner_text()
+    page.screenshot(path=str(artifact_dir() / "mlflow-ui-listen.png"))
