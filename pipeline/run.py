@@ -67,7 +67,7 @@ def step_train(ctx: RunContext) -> None:
     from pipeline.config import named_run, override
     from pipeline.models.registry import MODELS
     from pipeline.train.loop import previous_result, train
-    from tracking.runs import tracking_uri
+    from tracking.runs import get_client, tracking_uri, ui_url
 
     runs: dict[str, str] = {}
     out = ctx.out / "train"
@@ -91,9 +91,11 @@ def step_train(ctx: RunContext) -> None:
         ctx.outputs[f"{name} run"] = f"{result.run_id} ({result.status}, {result.step} steps)"
     ctx.state["train_runs"] = runs
     uri = tracking_uri(ctx.config.tracking.uri)
+    exp = get_client(uri).get_experiment_by_name(ctx.config.tracking.experiment)
+    page = ui_url("http://127.0.0.1:5000" if uri.startswith("sqlite:") else uri, exp.experiment_id if exp else None)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-    ctx.outputs["MLflow UI"] = f"{ui}  (then http://127.0.0.1:5000, experiment {ctx.config.tracking.experiment})"
-    print(f"\nBrowse the training runs: {ui}")
+    ctx.outputs["MLflow UI"] = f"{ui}  (then {page}: experiment {ctx.config.tracking.experiment}, runs view)"
+    print(f"\nBrowse the training runs: {ui}, then open {page}")
 
 
 def step_serve(ctx: RunContext) -> None:

@@ -15,7 +15,7 @@ SLOW_FIXTURES = {"trained_run", "champion_version", "model_store", "unpacked_arc
                  "small_store", "good_checkpoint", "runs", "encoder_dir", "server", "module_server"}
 SLOW_MODULES = {"test_train", "test_train_ddp", "test_runs_server", "test_server", "test_demo",
                 "test_chart_local", "test_mlflow_concurrency", "test_evaluate_run", "test_runs",
-                "test_registry"}
+                "test_registry", "test_mlflow_ui"}
 # Single tests over a few seconds each. Measured: the fast tier ran 512 tests in 43 s on a quiet
 # 2-core machine and 83 s in a fresh CI clone.
 SLOW_TESTS = {"test_rendering_a_real_mel_gives_audio_with_that_mel",

@@ -1,11 +1,15 @@
 """The MLflow model registry: comparing finished runs, registering the winner's
 generator and pointing the ``champion`` alias at it (MLflow 3: aliases, no stages).
 
-A registered version's ``source`` is the run's ``checkpoints`` artifact folder (the
-generator checkpoint format of ``pipeline.checkpoint``, never a pickled module); its
-``run_id`` is the training run, so ``tracking.runs.download_checkpoint(version.run_id)``
-fetches the weights. Version tags: ``checkpoint`` (artifact path of the generator),
-``selection_metric`` and its value.
+A registered version's ``source`` is the training run's logged generator model
+(its artifact location, with the version's ``model_id``; ``tracking.models``: a pyfunc holding the checkpoint, so
+``mlflow.pyfunc.load_model("models:/technogan-generator@champion")`` works) and its
+``model_id`` that model's; its ``run_id`` is the training run, so
+``tracking.runs.download_checkpoint(version.run_id, version_checkpoint(version))`` fetches
+the very checkpoint the model holds, in the one checkpoint format (packaging, serving and
+evaluation read that). Versions registered before models were logged have the run's
+``checkpoints`` folder as source and work the same way. Version tags: ``checkpoint``
+(artifact path of the generator), ``selection_metric`` and its value.
 """
 
 from __future__ import annotations
@@ -73,15 +77,19 @@ def _wait_ready(client, name: str, version: str, timeout_s: float = 60.0):
         time.sleep(0.2)
 
 
-def version_of_run(run_id: str, name: str = DEFAULT_MODEL_NAME, uri: str | None = None):
-    """The newest registered version of ``name`` made from ``run_id``, or None."""
+def version_of_run(run_id: str, name: str = DEFAULT_MODEL_NAME, uri: str | None = None,
+                   checkpoint: str | int | None = None):
+    """The newest registered version of ``name`` made from ``run_id`` (with ``checkpoint``:
+    standing for that checkpoint of the run), or None."""
     client = get_client(uri)
     try:
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except Exception as e:  # the model is not registered at all
         log.debug("registry: no versions of %s: %s", name, e)
         return None
-    versions = [v for v in versions if v.run_id == run_id]
+    wanted = None if checkpoint is None else checkpoint_artifact_path(checkpoint)
+    versions = [v for v in versions if v.run_id == run_id and (
+        wanted is None or (v.tags or {}).get("checkpoint", checkpoint_artifact_path("latest")) == wanted)]
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
@@ -89,10 +97,14 @@ def register_generator(run_id: str, name: str = DEFAULT_MODEL_NAME, alias: str |
                        uri: str | None = None, tags: dict[str, Any] | None = None, description: str | None = None,
                        checkpoint: str = "latest"):
     """Register the run's generator as a new version of ``name`` (reusing the run's
-    existing version, so promoting twice registers once) and point ``alias`` at it.
-    ``checkpoint`` (latest, best or an epoch) is the one the version stands for: its
-    ``checkpoint`` tag, which ``champion_checkpoint`` and packaging fetch. Returns the ModelVersion."""
+    existing version of that checkpoint, so promoting twice registers once) and point
+    ``alias`` at it. ``checkpoint`` (latest, best or an epoch) is the one the version stands
+    for: its ``checkpoint`` tag, which ``champion_checkpoint`` and packaging fetch, and the
+    run's logged generator model of that checkpoint (logged now if the run has none) is its
+    source. Returns the ModelVersion."""
     from mlflow.exceptions import MlflowException
+
+    from tracking.models import ensure_run_model
 
     client = get_client(uri)
     try:
@@ -101,12 +113,18 @@ def register_generator(run_id: str, name: str = DEFAULT_MODEL_NAME, alias: str |
     except MlflowException as e:
         if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
-    mv = version_of_run(run_id, name, uri)
+    mv = version_of_run(run_id, name, uri, checkpoint=checkpoint)
     if mv is None:
-        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/checkpoints"
-        all_tags = {"checkpoint": checkpoint_artifact_path(checkpoint), **{k: str(v) for k, v in (tags or {}).items()}}
-        mv = client.create_model_version(name, source=source, run_id=run_id, tags=all_tags, description=description)
+        artifact = checkpoint_artifact_path(checkpoint)
+        model = ensure_run_model(run_id, Path(artifact).stem.removeprefix("generator-"), uri)
+        all_tags = {"checkpoint": artifact, **{k: str(v) for k, v in (tags or {}).items()}}
+        # source: the model's artifact location, which is what MLflow stores for a models:/<id>
+        # source anyway, but resolving that looks the model up in the *global* tracking URI
+        # (MLflow 3.17's SQL registry store), not this client's
+        mv = client.create_model_version(name, source=model.artifact_location, run_id=run_id, tags=all_tags,
+                                         description=description, model_id=model.model_id)
         mv = _wait_ready(client, name, mv.version)
+        _link_model_version(client, model, name, mv.version)
     else:
         for k, v in {"checkpoint": checkpoint_artifact_path(checkpoint), **(tags or {})}.items():
             client.set_model_version_tag(name, mv.version, k, str(v))
@@ -114,6 +132,19 @@ def register_generator(run_id: str, name: str = DEFAULT_MODEL_NAME, alias: str |
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return mv
+
+
+def _link_model_version(client, model, name: str, version) -> None:
+    """Record the version on its logged model (the tag ``mlflow.register_model`` sets), which
+    is how the UI's run and model pages find a logged model's registered versions."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    versions = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    entry = {"name": name, "version": version}
+    if entry not in versions:
+        client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions + [entry])})
 
 
 def resolve_alias(alias: str = DEFAULT_ALIAS, name: str = DEFAULT_MODEL_NAME, uri: str | None = None):

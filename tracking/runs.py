@@ -26,6 +26,11 @@ Artifact layout of a training run (stable; evaluation and packaging rely on it):
     plots/losses.png                        loss curves
     config/config.resolved.yaml             the resolved run config
 
+Inputs: the training set as an MLflow dataset (``dataset_entity``: name, digest = the
+dataset's fingerprint, source = its folder, a profile of clips, tracks and mel config),
+context ``training``: the runs list's Dataset column. Outputs: the finished generator
+as a logged MLflow model (``tracking.models``): the runs list's Models column.
+
 Params: the resolved config flattened (``model.g_width``, ``train.batch_size``, ``mel.n_mels``
 ...), ``optim.*`` (the model's effective optimiser settings), ``dataset.path``,
 ``dataset.fingerprint``, ``dataset.clips``, ``params.generator``, ``params.critic``.
@@ -43,6 +48,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -59,6 +65,11 @@ STATUS_TAG = "technogan.status"
 REASON_TAG = "technogan.failure_reason"
 LOCAL_DIR_TAG = "technogan.local_dir"
 GIT_TAG = "mlflow.source.git.commit"
+# MLflow's experiment kind tag (mlflow.utils.mlflow_tags.MLFLOW_EXPERIMENT_KIND is not public):
+# "custom_model_development" is what the UI calls "Machine learning", the training view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DATASET_CONTEXT = "training"
 
 # MLflow's per-request limits
 MAX_METRICS_PER_BATCH = 1000
@@ -101,17 +112,57 @@ def get_client(uri: str | None = None):
 
 
 def ensure_experiment(client, name: str) -> str:
-    """The id of experiment ``name``, created (with the local artifact root for SQLite) if missing."""
+    """The id of experiment ``name``, created (with the local artifact root for SQLite) if missing,
+    and tagged a model-training experiment (``EXPERIMENT_KIND_TAG``) if it is not yet."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_local_artifact_root(client.tracking_uri))
-    except Exception:
-        exp = client.get_experiment_by_name(name)  # another process created it meanwhile
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=_local_artifact_root(client.tracking_uri),
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:
+            exp = client.get_experiment_by_name(name)  # another process created it meanwhile
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # experiments made before the tag existed
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI's runs page of an experiment at ``base`` (http://host:port), in its
+    model-training view. MLflow 3.17's UI picks GenAI or model training per browser (the
+    sidebar switch, remembered in local storage, GenAI by default), not from the experiment,
+    unless the link says ``workflowType=machine_learning``."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def dataset_entity(path: str | os.PathLike, fingerprint: str, profile: Mapping[str, Any],
+                   name: str | None = None, mel_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The training set as MLflow dataset fields (``mlflow.entities.Dataset``'s keyword
+    arguments, JSON-safe so they can be spooled): ``name`` (default: the folder's name),
+    ``digest`` the dataset fingerprint, ``source`` where it lives (MLflow resolves the
+    source type: a local folder, s3://, ...), ``profile`` (JSON of ``profile``) and, with
+    ``mel_shape``, a tensor schema of the stored mels."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    where = str(path)
+    with warnings.catch_warnings():  # MLflow 3.17 registers its local source twice and warns that it is ambiguous
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(where).resolve()) if "://" not in where else where)
+    fields = MetaDataset(source, name=name or Path(where.rstrip("/")).name or "dataset",
+                         digest=fingerprint).to_dict()
+    fields["profile"] = json.dumps(dict(profile), sort_keys=True, default=str)
+    if mel_shape is not None:
+        import numpy as np
+        from mlflow.types import Schema, TensorSpec
+
+        mels = Schema([TensorSpec(np.dtype("float16"), (-1, *mel_shape), "mel")])
+        fields["schema"] = json.dumps({"mlflow_tensorspec": {"features": mels.to_json(), "targets": None}})
+    return {k: fields.get(k) for k in ("name", "digest", "source_type", "source", "schema", "profile")}
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
@@ -141,7 +192,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 @dataclass
 class _Record:
-    kind: str  # metrics | params | tags | artifact | terminate
+    kind: str  # metrics | params | tags | artifact | inputs | model | terminate (| create in the spool)
     data: Any
 
     def to_json(self) -> dict[str, Any]:
@@ -150,7 +201,8 @@ class _Record:
 
 def _send(client, run_id: str, records: list[_Record]) -> None:
     """Send records of one kind (already batched to MLflow's limits)."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     kind = records[0].kind
     if kind == "metrics":
@@ -167,6 +219,19 @@ def _send(client, run_id: str, records: list[_Record]) -> None:
                 log.warning("tracking: %s vanished before upload; skipped", path)
                 continue
             client.log_artifact(run_id, path, artifact_path)
+    elif kind == "inputs":
+        client.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(**r.data), tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])
+            for r in records])
+    elif kind == "model":
+        from tracking.models import log_generator_model
+
+        for r in records:
+            path, which = r.data
+            if not Path(path).is_file():
+                log.warning("tracking: %s vanished before it was logged as a model; skipped", path)
+                continue
+            log_generator_model(run_id, path, which, uri=client.tracking_uri)
     elif kind == "terminate":
         client.set_terminated(run_id, status=records[-1].data)
     else:
@@ -181,7 +246,7 @@ def _is_permanent(exc: BaseException) -> bool:
 def _take_batch(queue: collections.deque) -> list[_Record]:
     """The longest prefix of ``queue`` of one kind that fits one MLflow request (not removed)."""
     first = queue[0]
-    if first.kind in ("artifact", "terminate"):
+    if first.kind in ("artifact", "terminate", "inputs", "model"):
         return [first]
     limit = MAX_METRICS_PER_BATCH if first.kind == "metrics" else _MAX_PARAMS_PER_BATCH
     batch: list[_Record] = []
@@ -331,6 +396,15 @@ class TrackedRun:
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file (read at send time, so the newest version of an overwritten file goes)."""
         self._put(_Record("artifact", [str(Path(local_path).resolve()), artifact_path]))
+
+    def log_dataset(self, entity: Mapping[str, Any]) -> None:
+        """The run's training set (``dataset_entity``'s fields) as an MLflow dataset input."""
+        self._put(_Record("inputs", dict(entity)))
+
+    def log_generator_model(self, checkpoint: str | os.PathLike, which: str = "latest") -> None:
+        """Log the generator checkpoint (read at send time) as the run's MLflow model
+        (``tracking.models.log_generator_model``)."""
+        self._put(_Record("model", [str(Path(checkpoint).resolve()), str(which)]))
 
     def pending(self) -> int:
         with self._cond:

@@ -299,7 +299,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
         params.update({
             "optim": dict(vars(settings)),
             "dataset": {"path": str(data_dir), "fingerprint": fingerprint, "clips": len(ds),
-                        "clips_available": ds.available},
+                        "clips_available": ds.available, "tracks": ds.n_tracks},
             "params": {"generator": _count(generator), "critic": _count(critic)},
             "run": {"label": label, "world_size": dist.world, "device": device.type,
                     "steps_per_epoch": nb // settings.n_critic, "total_steps": total_steps,

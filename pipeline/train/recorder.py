@@ -144,6 +144,7 @@ class Recorder(NullRecorder):
         if not info.resume or info.resumed_from:
             run.log_params(info.params)
             run.log_artifact(self.folder / "config.resolved.yaml", "config")
+            run.log_dataset(self.dataset_entity())
         if info.resumed_from:
             run.set_tags({"technogan.resumed_from": info.resumed_from, "technogan.resumed_at_step": state.step})
         elif info.resume:
@@ -159,6 +160,14 @@ class Recorder(NullRecorder):
         log.info("training %s: %d steps%s of %d batch(es) of %d, %d batches per epoch, device %s; MLflow run %s at %s",
                  info.label, info.total_steps, budget, info.params["optim"]["n_critic"], tc.batch_size,
                  info.batches_per_epoch, state.device, run.run_id or f"{run.key} (not created yet)", run.uri)
+
+    def dataset_entity(self) -> dict[str, Any]:
+        """The training set as the run's MLflow dataset input: digest = its fingerprint."""
+        info, d = self.info, self.info.params["dataset"]
+        profile = {"clips": d["clips"], "clips_available": d["clips_available"], "tracks": d.get("tracks"),
+                   "resolution": info.config.data.resolution, "mel_config": info.mel_config.to_dict()}
+        return self.tracking.dataset_entity(info.data_dir, info.fingerprint, profile,
+                                            mel_shape=info.mel_config.shape)
 
     @property
     def run_id(self) -> Optional[str]:  # type: ignore[override]
@@ -270,6 +279,8 @@ class Recorder(NullRecorder):
                 self.score(state)  # the last weights compete for best too
             if self.saved_step != state.step:
                 self.checkpoint(state)
+            if status == "finished":  # the run's MLflow model: the Models column, the registry's source
+                self.run.log_generator_model(self.folder / "checkpoints" / GENERATOR_FILE, "latest")
         self.losses(state)
 
     def close(self, state: TrainingState, status: str, reason: Optional[str], samples_per_s: float) -> None:

@@ -34,7 +34,10 @@ def test_promote_picks_the_lowest_fd_and_sets_the_champion_alias(runs, tmp_path)
     assert result.winner.run_id == ids["dcgan2"]  # lowest FD among finished runs; the RUNNING one is ignored
     mv = registry.resolve_alias("champion", "gen-test", uri)
     assert mv.run_id == ids["dcgan2"] and str(mv.version) == result.version
-    assert mv.source.rstrip("/").endswith("checkpoints")
+    # the version's source is the run's logged generator model (a pyfunc holding the checkpoint)
+    from tracking.models import run_model
+    model = run_model(ids["dcgan2"], "latest", uri)
+    assert model is not None and mv.source == model.artifact_location
     assert mv.tags["selection_metric"] == "eval.fd_learned" and float(mv.tags["selection_value"]) == 2.0
     # the table lists every finished run, best first, then the real-vs-real baseline
     names = [row[0] for row in result.body]

@@ -136,3 +136,42 @@ def _pending_run_is_spooled_with_its_create_record(tmp_path, uri):
     lines = [json.loads(x) for x in (tmp_path / f"{run.key}.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines] == ["create", "metrics", "terminate"]
     assert lines[0]["data"]["experiment"] == "exp" and lines[0]["uri"] == uri
+
+
+def test_the_dataset_is_a_run_input_with_the_fingerprint_as_digest_and_is_spoolable(tmp_path, uri, monkeypatch):
+    data = tmp_path / "mels"
+    data.mkdir()
+    entity = tracking.dataset_entity(data, "0123abcd", {"clips": 36, "tracks": 6}, mel_shape=(128, 216))
+    assert json.loads(json.dumps(entity)) == entity  # spool records are JSON
+    run = tracking.TrackedRun.start("exp", "r", uri=uri, spool_dir=tmp_path / "spool")
+    run.log_dataset(entity)
+    assert run.finish() is True
+    [inp] = tracking.get_client(uri).get_run(run.run_id).inputs.dataset_inputs
+    ds = inp.dataset
+    assert (ds.name, ds.digest, ds.source_type) == ("mels", "0123abcd", "local")
+    assert json.loads(ds.source) == {"uri": str(data.resolve())}
+    assert json.loads(ds.profile) == {"clips": 36, "tracks": 6}
+    assert json.loads(json.loads(ds.schema)["mlflow_tensorspec"]["features"])[0]["tensor-spec"]["shape"] == [
+        -1, 128, 216]
+    assert {(t.key, t.value) for t in inp.tags} == {("mlflow.data.context", "training")}
+
+    # while the store is down the dataset input waits in the spool like any record, then goes
+    run2 = tracking.TrackedRun.start("exp", "r2", uri=uri, spool_dir=tmp_path / "spool", max_backoff_s=0.1)
+    monkeypatch.setattr(tracking, "_send", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    run2.log_dataset(entity)
+    assert run2.finish(timeout_s=0.5) is False
+    monkeypatch.undo()
+    assert tracking.flush_spool(tmp_path / "spool", uri) >= 1
+    [inp2] = tracking.get_client(uri).get_run(run2.run_id).inputs.dataset_inputs
+    assert inp2.dataset.digest == "0123abcd"
+
+
+def test_experiments_are_model_training_experiments_and_ui_links_say_so(uri):
+    client = tracking.get_client(uri)
+    new = tracking.ensure_experiment(client, "fresh")
+    old = client.create_experiment("made-before")  # an experiment from before the tag
+    assert tracking.ensure_experiment(client, "made-before") == old
+    for exp_id in (new, old):
+        assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert tracking.ui_url("http://127.0.0.1:5000/", new) == (
+        f"http://127.0.0.1:5000/#/experiments/{new}/runs?workflowType=machine_learning")

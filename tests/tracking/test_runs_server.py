@@ -30,8 +30,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path):
+    """`mlflow server` on a free loopback port over ``backend`` (default: a new ``root/server.db``)."""
+
+    def __init__(self, root: Path, backend: str | None = None):
         self.root = root
+        self.backend = backend or f"sqlite:///{root / 'server.db'}"
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -39,7 +42,7 @@ class MlflowServer:
     def start(self, timeout: float = 180.0) -> None:
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+            [MLFLOW, "server", "--backend-store-uri", self.backend,
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
