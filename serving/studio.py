@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -36,7 +37,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 from urllib.parse import urlsplit
 
 import anyio
@@ -192,7 +193,16 @@ class Upstream:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
+        self._client: Optional[httpx.AsyncClient] = None
+
+    def open(self) -> None:
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)))
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("Upstream.open() first (the app's lifespan does)")
+        return self._client
 
     async def post(self, body: dict[str, Any], path: str = f"/predictions/{MODEL}") -> tuple[int, Answer]:
         """(status, answer) of one request; StudioError when the server cannot be reached,
@@ -247,7 +257,9 @@ class Upstream:
         return info
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 # ----------------------------------------------------------------------------- other versions, in process
@@ -334,7 +346,16 @@ class Studio:
             Route("/api/info", self.info),
             Route("/api/generate", self.generate, methods=["POST"]),
             Route("/api/results/{rid}/{part}", self.result),
-        ], on_shutdown=[self.upstream.close])
+        ], lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # the client's connection pool belongs to the server's event loop
+        self.upstream.open()
+        try:
+            yield
+        finally:
+            await self.upstream.close()
 
     # -- routes
 

@@ -109,7 +109,7 @@ def older_version(serve_run_config, champion_version, trained_run):
     client = get_client(serve_run_config.tracking.uri)
     mv = client.create_model_version(serve_run_config.evaluate.registry_model, source=champion_version.source,
                                      run_id=trained_run.run_id, tags={"checkpoint": champion_version.tags["checkpoint"]})
-    assert mv.version != champion_version.version
+    assert mv.version != str(champion_version.version)
     return mv
 
 
@@ -133,16 +133,16 @@ def _duration(wav: bytes) -> float:
 @pytest.mark.slow
 def test_backend_generates_through_torchserve_and_in_process(studio, server, champion_version, older_version):
     info = requests.get(f"{studio.url}/api/info", timeout=60).json()
-    assert info["server"]["reachable"] and info["server"]["served_version"] == champion_version.version
+    assert info["server"]["reachable"] and info["server"]["served_version"] == str(champion_version.version)
     assert "wav" in info["server"]["formats"]
     by_version = {v["version"]: v for v in info["versions"]}
-    assert by_version[champion_version.version]["aliases"] == ["champion"] and by_version[champion_version.version]["served"]
-    assert by_version[older_version.version]["aliases"] == [] and not by_version[older_version.version]["served"]
+    assert by_version[str(champion_version.version)]["aliases"] == ["champion"] and by_version[str(champion_version.version)]["served"]
+    assert by_version[str(older_version.version)]["aliases"] == [] and not by_version[str(older_version.version)]["served"]
 
     r = _generate(studio, seed="11", format="wav")
     assert r.status_code == 200, r.text
     res = r.json()
-    assert (res["seed"], res["version"], res["source"]) == (11, champion_version.version, "torchserve")
+    assert (res["seed"], res["version"], res["source"]) == (11, str(champion_version.version), "torchserve")
     wav = requests.get(studio.url + res["audio_url"], timeout=30)
     png = requests.get(studio.url + res["image_url"], timeout=30)
     assert wav.headers["content-type"].startswith("audio/wav") and png.content.startswith(PNG)
@@ -153,10 +153,10 @@ def test_backend_generates_through_torchserve_and_in_process(studio, server, cha
 
     # the older version, generated in the studio from its checkpoint (same weights here, so the
     # same mel as TorchServe's for that seed)
-    r = _generate(studio, seed="11", format="wav", version=older_version.version)
+    r = _generate(studio, seed="11", format="wav", version=str(older_version.version))
     assert r.status_code == 200, r.text
     old = r.json()
-    assert (old["version"], old["source"]) == (older_version.version, "in-process")
+    assert (old["version"], old["source"]) == (str(older_version.version), "in-process")
     old_wav = requests.get(studio.url + old["audio_url"], timeout=30).content
     assert _duration(old_wav) == pytest.approx(MEL.clip_seconds, abs=0.05)
     a, _ = sf.read(io.BytesIO(old_wav))
@@ -176,7 +176,7 @@ def test_backend_passes_on_the_servers_400_and_bounds_answers(studio, server, se
     assert r.json() == {"error": direct.json()["error"], "field": "seed", "source": "server"}
     assert "9223372036854775807" in r.json()["error"]
     # the in-process version validates exactly like the handler
-    r = _generate(studio, seed=TOO_BIG_SEED, version=older_version.version)
+    r = _generate(studio, seed=TOO_BIG_SEED, version=str(older_version.version))
     assert r.status_code == 400 and r.json()["error"] == direct.json()["error"]
     r = _generate(studio, seed="1", version="99")
     assert r.status_code == 404 and "no version '99'" in r.json()["error"]
@@ -217,7 +217,7 @@ def _audio_duration(page, card) -> float:
 def test_page_generates_shows_and_plays(page, studio, champion_version, older_version):  # noqa: F811
     page.goto(studio.url)
     _wait_ready(page)
-    assert f"serves registry version {champion_version.version}" in page.inner_text("#server-status")
+    assert f"serves registry version {str(champion_version.version)}" in page.inner_text("#server-status")
     page.fill("#seed", "7")
     page.select_option("#format", "wav")
     page.click("#generate")
@@ -226,7 +226,7 @@ def test_page_generates_shows_and_plays(page, studio, champion_version, older_ve
     page.wait_for_selector(".result")
     assert page.is_hidden("#progress") and page.is_hidden("#error")
     card = page.locator(".result").first
-    assert "seed 7" in card.locator("h2").inner_text() and f"version {champion_version.version}" in card.inner_text()
+    assert "seed 7" in card.locator("h2").inner_text() and f"version {str(champion_version.version)}" in card.inner_text()
     assert _audio_duration(page, card) == pytest.approx(MEL.clip_seconds, abs=0.05)
     card.locator("img.spectrogram").evaluate("img => img.decode()")
     assert card.locator("img.spectrogram").evaluate("img => img.naturalWidth") > 0
@@ -238,13 +238,13 @@ def test_page_generates_shows_and_plays(page, studio, champion_version, older_ve
 
     # an older version next to the champion, same seed
     options = page.locator("#version option").all_inner_texts()
-    assert any(f"version {older_version.version}" in o and "generated in the studio" in o for o in options), options
-    page.select_option("#version", older_version.version)
+    assert any(f"version {str(older_version.version)}" in o and "generated in the studio" in o for o in options), options
+    page.select_option("#version", str(older_version.version))
     _generate_in_page(page)
     cards = page.locator(".result")
     assert cards.count() == 2 and page.is_hidden("#error")
     newest = cards.first
-    assert f"version {older_version.version}" in newest.locator("h2").inner_text()
+    assert f"version {str(older_version.version)}" in newest.locator("h2").inner_text()
     assert _audio_duration(page, newest) == pytest.approx(MEL.clip_seconds, abs=0.05)
     newest.locator("img.spectrogram").evaluate("img => img.decode()")
     page.screenshot(path=str(artifact_dir() / "studio.png"), full_page=True)
