@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -22,10 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.audio import AUDIO_FORMATS
 from pipeline.config import MelConfig, ServeConfig
 from pipeline.generate import latents_for_seed
 from pipeline.mel import normalised_to_db, to_stored_resolution
 from serving.request import GenerationRequest
+
+log = logging.getLogger(__name__)
 
 # Largest seed the handler draws itself: exact in a JSON number for any client (2^53).
 MAX_DRAWN_SEED = 2**53
@@ -87,9 +91,15 @@ class Engine:
         set-up (filterbanks and their inverse, FFT plans, matplotlib's font cache)."""
         from serving.request import FORMATS
 
+        from pipeline.audio import EncodeError
+
         mels = self.generate(latents_for_seed(0, 1, self.latent_dim))
         for fmt in FORMATS:
-            ENCODERS[fmt](self, mels, 0)
+            try:
+                ENCODERS[fmt](self, mels, 0)
+            except EncodeError as e:
+                # no usable ffmpeg: the other formats still serve; these answer 500 naming why
+                log.error("format %s is unavailable on this server: %s", fmt, e)
 
     # -- response bodies, one per format
 
@@ -100,7 +110,7 @@ class Engine:
         body = ENCODERS[request.format](self, mels, seed)
         if timings is not None:
             ms = (time.perf_counter() - t0) * 1000.0
-            if request.format == "wav":
+            if request.format in AUDIO_FORMATS:  # Griffin-Lim, then (mp3, ogg) ffmpeg
                 timings.render_ms += ms
             elif request.format == "png":
                 timings.plot_ms += ms
@@ -140,11 +150,22 @@ class Engine:
         assert png is not None  # path=None: the picture comes back as bytes
         return png
 
-    def to_wav(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
-        from pipeline.audio import wav_bytes
+    def to_audio(self, mels: torch.Tensor, fmt: str) -> bytes:
+        """Mels [n, M, T] rendered to audio, the clips joined with ``serve.wav_gap_seconds``
+        of silence, as one ``fmt`` file (``wav``, ``mp3``, ``ogg``; EncodeError if ffmpeg fails)."""
+        from pipeline.audio import encode_audio
 
         audio = self.renderer.render(mels)  # [n, clip_samples]
-        return wav_bytes(audio, self.mel_config.sample_rate, gap_seconds=self.settings.wav_gap_seconds)
+        return encode_audio(audio, self.mel_config.sample_rate, fmt, gap_seconds=self.settings.wav_gap_seconds)
+
+    def to_wav(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        return self.to_audio(mels, "wav")
+
+    def to_mp3(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        return self.to_audio(mels, "mp3")
+
+    def to_ogg(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
+        return self.to_audio(mels, "ogg")
 
 
 # format -> encoder; adding a format is one entry here and one in serving.request.FORMATS
@@ -153,4 +174,6 @@ ENCODERS = {
     "npy": Engine.to_npy,
     "png": Engine.to_png,
     "wav": Engine.to_wav,
+    "mp3": Engine.to_mp3,
+    "ogg": Engine.to_ogg,
 }

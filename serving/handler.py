@@ -2,7 +2,7 @@
 
 API (DESIGN.md, "Serving API"): ``POST /predictions/technogan`` with an optional JSON
 body ``{"n", "seed", "latents", "format"}``; see ``serving.request`` for the fields
-and ``serving.engine`` for the four response formats.
+and ``serving.engine`` for the response formats (json, npy, png, wav, mp3, ogg).
 
 Code: the archive carries this file, the weights and their JSON description, not the
 project's code. TorchServe starts its workers with the Python that runs the server,
@@ -30,6 +30,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from pipeline.audio import EncodeError
 from pipeline.checkpoint import load_generator
 from pipeline.config import ServeConfig
 from serving.engine import Engine, Timings
@@ -131,6 +132,10 @@ class TechnoganHandler(BaseHandler):
             request, mels, seed = item
             try:
                 body = self.engine.encode(request, mels, seed, timings)
+            except EncodeError as e:  # the server's ffmpeg, not the client: say what is wrong
+                log.error("encoding a %s response failed: %s", request.format, e)
+                out.append(self._error(idx, 500, json.dumps({"error": f"format: {e}", "field": "format"}).encode()))
+                continue
             except Exception:  # a bug of ours, not the client's: this request alone gets a 500
                 log.exception("encoding a %s response failed", request.format)
                 out.append(self._error(idx, 500, json.dumps({"error": "internal error while encoding the response"}).encode()))

@@ -9,7 +9,7 @@ The body is an optional JSON object, typed by ``RequestBody`` (pydantic, strict)
 - ``n``: how many spectrograms, 1..serve.max_n (default 1, or the number of latents);
 - ``seed``: integer seed for the latents, 0..2^63-1 (default: a fresh random seed, reported back);
 - ``latents``: explicit latent vectors, a list of ``n`` lists of ``latent_dim`` finite numbers;
-- ``format``: ``json`` (default), ``npy``, ``png`` or ``wav``.
+- ``format``: ``json`` (default), ``npy``, ``png``, ``wav``, ``mp3`` or ``ogg`` (Opus).
 
 Every client mistake raises ``RequestError`` (a TorchServe ``PredictionException``
 with code 400, 413 for a body over ``serve.max_body_bytes``) whose message starts with
@@ -29,11 +29,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from ts.utils.util import PredictionException
 
 FORMATS: dict[str, str] = {
-    # format -> response content type
+    # format -> response content type; the audio ones are pipeline.audio.CONTENT_TYPES
+    # (tests/serving/test_request.py checks they agree: this module stays free of torch)
     "json": "application/json",
     "npy": "application/octet-stream",
     "png": "image/png",
     "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg; codecs=opus",
 }
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes any 64-bit value; keep it signed-safe
 # Latent values whose magnitude float32 cannot hold (3.4e38) would become inf in the generator
@@ -112,7 +115,7 @@ class RequestBody(BaseModel):
     n: Optional[Annotated[int, BeforeValidator(_no_huge), Field(ge=1)]] = None
     seed: Optional[Annotated[int, BeforeValidator(_no_huge), Field(ge=0, le=MAX_SEED)]] = None
     latents: Optional[list[list[Latent]]] = Field(None, min_length=1)
-    format: Optional[Annotated[Literal["json", "npy", "png", "wav"], BeforeValidator(_lower)]] = None
+    format: Optional[Annotated[Literal[tuple(FORMATS)], BeforeValidator(_lower)]] = None  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _fits_the_model(self, info: ValidationInfo) -> "RequestBody":

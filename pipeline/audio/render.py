@@ -221,9 +221,10 @@ def _as_clips(audio) -> np.ndarray:
     return a
 
 
-def wav_bytes(audio, sample_rate: int, gap_seconds: float = 0.5) -> bytes:
-    """Clips [B, samples] (tensor or array, in [-1, 1]) -> one mono 16-bit WAV file's bytes,
-    the clips one after another with ``gap_seconds`` of silence between them."""
+def joined_clips(audio, sample_rate: int, gap_seconds: float = 0.5) -> np.ndarray:
+    """Clips [B, samples] or [samples] (tensor or array) -> one float32 signal [samples'] in
+    [-1, 1]: the clips one after another with ``gap_seconds`` of silence between them.
+    What every audio file of several clips holds (``wav_bytes``, ``encode_audio``)."""
     clips = _as_clips(audio)
     gap = np.zeros(int(round(gap_seconds * sample_rate)), dtype=np.float32)
     parts: list[np.ndarray] = []
@@ -231,7 +232,13 @@ def wav_bytes(audio, sample_rate: int, gap_seconds: float = 0.5) -> bytes:
         if i and gap.size:
             parts.append(gap)
         parts.append(clip)
-    signal = np.clip(np.concatenate(parts) if parts else np.zeros(0, np.float32), -1.0, 1.0)
+    return np.clip(np.concatenate(parts) if parts else np.zeros(0, np.float32), -1.0, 1.0)
+
+
+def wav_bytes(audio, sample_rate: int, gap_seconds: float = 0.5) -> bytes:
+    """Clips [B, samples] (tensor or array, in [-1, 1]) -> one mono 16-bit WAV file's bytes,
+    the clips one after another with ``gap_seconds`` of silence between them."""
+    signal = joined_clips(audio, sample_rate, gap_seconds)
     buf = io.BytesIO()
     sf.write(buf, signal, int(sample_rate), format="WAV", subtype="PCM_16")
     return buf.getvalue()

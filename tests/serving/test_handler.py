@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import zipfile
 
 import numpy as np
@@ -136,6 +137,39 @@ def test_latents_equal_to_the_seeds_latents_give_the_same_mels(handler, unpacked
     set_batch(ctx, 2)
     out = handler.handle([{"body": bytearray(b)} for b in bodies], ctx)
     np.testing.assert_allclose(np.load(io.BytesIO(out[0])), np.load(io.BytesIO(out[1])), atol=1e-3)
+
+
+def test_compressed_formats_in_a_batch(handler, unpacked_archive):
+    ctx = make_context(unpacked_archive)
+    bodies = [json.dumps({"format": "mp3", "seed": 2}).encode(), json.dumps({"format": "ogg", "seed": 2}).encode()]
+    set_batch(ctx, len(bodies))
+    out = handler.handle([{"body": bytearray(b)} for b in bodies], ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [200, 200]
+    assert [ctx.get_response_content_type(i) for i in range(2)] == ["audio/mpeg", "audio/ogg; codecs=opus"]
+    assert out[0][:3] == b"ID3" and out[1][:4] == b"OggS"
+
+
+def test_a_failing_ffmpeg_is_a_500_naming_it_and_the_rest_are_served(unpacked_archive, tmp_path, monkeypatch, caplog):
+    """The server's ffmpeg, found on PATH, fails (a build without LAME): the worker still
+    starts, mp3 requests get a 500 with ffmpeg's complaint, the others their answer."""
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"[out#0 @ 0x55] Unknown encoder 'libmp3lame'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    h = TechnoganHandler()
+    with caplog.at_level(logging.ERROR):
+        h.initialize(make_context(unpacked_archive))  # warm-up meets the failure: logged, not fatal
+    assert "format mp3 is unavailable on this server" in caplog.text
+    ctx = make_context(unpacked_archive)
+    bodies = [json.dumps({"format": "mp3", "seed": 2}).encode(), json.dumps({"format": "wav", "seed": 2}).encode()]
+    set_batch(ctx, len(bodies))
+    out = h.handle([{"body": bytearray(b)} for b in bodies], ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(2)] == [500, 200]
+    assert ctx.get_response_content_type(0) == "application/json"
+    assert json.loads(out[0]) == {"error": "format: cannot encode mp3: ffmpeg exited with 1: "
+                                           "Unknown encoder 'libmp3lame'", "field": "format"}
+    assert out[1][:4] == b"RIFF"
 
 
 def test_form_encoded_body_gets_a_400(handler, unpacked_archive):

@@ -49,6 +49,23 @@ def test_every_format_has_a_content_type():
         assert parse_request(body(format=fmt), LIMITS).content_type == ctype
 
 
+def test_audio_formats_are_the_encoders_with_its_content_types():
+    from pipeline.audio import AUDIO_FORMATS, CONTENT_TYPES
+    from serving.engine import ENCODERS
+
+    assert set(ENCODERS) == set(FORMATS) >= set(AUDIO_FORMATS)
+    assert {f: FORMATS[f] for f in AUDIO_FORMATS} == CONTENT_TYPES
+    assert parse_request(body(format="MP3"), LIMITS).format == "mp3"
+    assert parse_request(body(format="ogg"), LIMITS).content_type == "audio/ogg; codecs=opus"
+
+
+def test_an_unknown_format_lists_the_formats():
+    with pytest.raises(RequestError) as e:
+        parse_request(body(format="flac"), LIMITS)
+    assert e.value.error_code == 400
+    assert e.value.message == "format: must be one of json, npy, png, wav, mp3, ogg, got a JSON string"
+
+
 BAD = [
     # (raw body, field the message must start with)
     (body(n=0), "n"),
@@ -63,7 +80,7 @@ BAD = [
     (body(seed=MAX_SEED + 1), "seed"),
     (body(seed=1.5), "seed"),
     (body(seed=False), "seed"),
-    (body(format="mp3"), "format"),
+    (body(format="flac"), "format"),
     (body(format=3), "format"),
     (body(latents=[[1, 2, 3]]), "latents[0]"),
     (body(latents=[[1, 2, 3, 4], [1, 2, 3, 4, 5]]), "latents[1]"),
