@@ -89,7 +89,7 @@ class Result:
     audio: bytes
     audio_type: str
     image: bytes
-    name: str  # download file name without extension
+    filename: str  # for the download
 
 
 # ----------------------------------------------------------------------------- the page's inputs
@@ -398,7 +398,8 @@ class Studio:
         rid = secrets.token_hex(8)
         version = audio.headers.get("x-technogan-version") or form.version
         name = f"technogan-v{version}-seed{seed}" + (f"-{form.seconds:g}s" if form.seconds is not None else "")
-        self.results[rid] = Result(audio.body, audio.content_type or f"audio/{form.format}", image.body, name)
+        self.results[rid] = Result(audio.body, audio.content_type or f"audio/{form.format}", image.body,
+                                   f"{name}.{form.format}")
         while len(self.results) > KEEP_RESULTS:
             self.results.popitem(last=False)
         return JSONResponse({
@@ -429,10 +430,37 @@ class Studio:
                                     f"{KEEP_RESULTS} generations)", "result").response()
         if part == "image":
             return Response(res.image, media_type="image/png", headers={"Cache-Control": "no-store"})
-        ext = res.audio_type.split("/")[-1].replace("mpeg", "mp3").replace("x-wav", "wav")
-        disposition = f'inline; filename="{res.name}.{ext}"'
-        return Response(res.audio, media_type=res.audio_type,
-                        headers={"Content-Disposition": disposition, "Cache-Control": "no-store"})
+        headers = {"Content-Disposition": f'inline; filename="{res.filename}"', "Cache-Control": "no-store",
+                   "Accept-Ranges": "bytes"}
+        # ranges: Chromium finds an Ogg's duration by reading its last page (without them
+        # the player says Infinity), and seeks in long pieces without fetching them again
+        span = byte_range(request.headers.get("range"), len(res.audio))
+        if span is None:
+            return Response(res.audio, media_type=res.audio_type, headers=headers)
+        if span == ():
+            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(res.audio)}"})
+        start, end = span
+        return Response(res.audio[start:end + 1], status_code=206, media_type=res.audio_type,
+                        headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(res.audio)}"})
+
+
+def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int] | tuple[()]]:
+    """One ``Range: bytes=`` span of a body of ``size`` bytes as (first, last) inclusive;
+    None: answer the whole body (no header, several ranges, or not bytes); (): 416."""
+    if not header:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if m is None or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:  # the last N bytes
+        n = int(last)
+        return (max(0, size - n), size - 1) if n > 0 and size > 0 else ()
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return ()
+    return start, end
 
 
 # ----------------------------------------------------------------------------- running it

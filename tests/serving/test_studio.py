@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from pipeline.config import MelConfig, ServeConfig
 from serving.server import Ports, TorchServe, free_port
-from serving.studio import GenerateForm, Studio, StudioError, StudioServer, parse_seed, server_error
+from serving.studio import GenerateForm, Studio, StudioError, StudioServer, byte_range, parse_seed, server_error
 from tests.browser import artifact_dir, browser, page  # noqa: F401
 
 MEL = MelConfig()
@@ -50,6 +50,14 @@ def test_server_errors_keep_the_servers_words():
                                       "message": "Model \"technogan\" has no worker to serve inference request."}).encode())
     assert e.status == 502 and "HTTP 503" in e.message and "no worker" in e.message
     assert server_error(500, b"").message.endswith("(empty answer)")
+
+
+def test_byte_ranges_for_the_audio_element():
+    assert byte_range(None, 100) is None and byte_range("bytes=0-", 100) == (0, 99)
+    assert byte_range("bytes=10-19", 100) == (10, 19) and byte_range("bytes=90-500", 100) == (90, 99)
+    assert byte_range("bytes=-30", 100) == (70, 99) and byte_range("bytes=-300", 100) == (0, 99)
+    assert byte_range("bytes=100-", 100) == () and byte_range("bytes=20-10", 100) == ()
+    assert byte_range("bytes=0-1,5-6", 100) is None and byte_range("items=0-1", 100) is None
 
 
 @pytest.fixture
@@ -134,7 +142,7 @@ def _duration(wav: bytes) -> float:
 def test_backend_generates_through_torchserve_and_in_process(studio, server, champion_version, older_version):
     info = requests.get(f"{studio.url}/api/info", timeout=60).json()
     assert info["server"]["reachable"] and info["server"]["served_version"] == str(champion_version.version)
-    assert "wav" in info["server"]["formats"]
+    assert info["server"]["formats"] == ["wav", "mp3", "ogg"]  # what the server has, in the page's order
     by_version = {v["version"]: v for v in info["versions"]}
     assert by_version[str(champion_version.version)]["aliases"] == ["champion"] and by_version[str(champion_version.version)]["served"]
     assert by_version[str(older_version.version)]["aliases"] == [] and not by_version[str(older_version.version)]["served"]
@@ -248,6 +256,30 @@ def test_page_generates_shows_and_plays(page, studio, champion_version, older_ve
     assert _audio_duration(page, newest) == pytest.approx(MEL.clip_seconds, abs=0.05)
     newest.locator("img.spectrogram").evaluate("img => img.decode()")
     page.screenshot(path=str(artifact_dir() / "studio.png"), full_page=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["mp3", "ogg"])
+def test_page_plays_the_compressed_formats(page, studio, champion_version, fmt):  # noqa: F811
+    page.goto(studio.url)
+    _wait_ready(page)
+    assert page.locator("#format option").all_inner_texts() == ["wav", "mp3", "ogg"]
+    page.fill("#seed", "3")
+    page.select_option("#format", fmt)
+    _generate_in_page(page)
+    assert page.is_hidden("#error"), page.inner_text("#error")
+    card = page.locator(".result").first
+    # encoders pad a little (LAME's frames, Opus's pre-skip is in the header): within 0.1 s
+    assert _audio_duration(page, card) == pytest.approx(MEL.clip_seconds, abs=0.1)
+    assert card.locator("a.download").get_attribute("download") == f"technogan-v{champion_version.version}-seed3.{fmt}"
+    src = card.locator("audio").get_attribute("src")
+    r = requests.get(studio.url + src, timeout=30)
+    tail = requests.get(studio.url + src, headers={"Range": "bytes=-100"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == r.content[-100:]
+    assert tail.headers["content-range"] == f"bytes {len(r.content) - 100}-{len(r.content) - 1}/{len(r.content)}"
+    assert r.headers["content-type"].startswith({"mp3": "audio/mpeg", "ogg": "audio/ogg"}[fmt])
+    magic = (b"ID3", b"\xff\xfb", b"\xff\xf3") if fmt == "mp3" else (b"OggS",)
+    assert r.content.startswith(magic)
 
 
 @pytest.mark.slow
