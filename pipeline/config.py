@@ -407,6 +407,8 @@ class ServeConfig(Section):
     render_iterations: int = Field(16, ge=0, le=1000, description="Griffin-Lim iterations when serving wav")
     render_mel_inverse: Literal["pinv", "nnls"] = Field("nnls", description="mel -> linear inverse when serving wav")
     render_nnls_steps: int = Field(10, ge=0, le=1000, description="NNLS steps when render_mel_inverse is nnls")
+    max_seconds: int = Field(60, ge=5, le=600, description="longest long-form piece (the request's seconds) "
+                             "one request may ask for")
     json_decimals: int = Field(2, ge=0, le=8, description="dB decimals in json responses (npy is exact)")
     torch_threads: Optional[int] = Field(1, ge=1, le=256, description="per worker: the frontend needs a core "
                                          "too, and oversubscribed threads spin; null = torch's default")
@@ -423,6 +425,41 @@ class ServeConfig(Section):
         """The settings the handler reads back from the archive's ``technogan.json`` (not
         the port: an archive does not depend on where it is served)."""
         return self.model_dump(mode="json", exclude={"port"})
+
+
+# ----------------------------------------------------------------------------- long-form pieces
+
+
+class LongformConfig(Section):
+    """Long-form pieces (``technogan generate --seconds S``, the API's ``seconds``): a walk
+    through latent space, one generated window per step, windows overlapped, beat-aligned
+    and crossfaded in the mel domain, rendered in overlapping chunks. See pipeline/longform.py."""
+
+    step: float = Field(0.25, ge=0.0, le=1.0, description="how fast the music changes: the distance walked "
+                        "along the path of anchor latents per window (1 = a new anchor every window, 0.25 = every "
+                        "fourth window, about every 15 s with 5 s windows; 0 = one latent throughout)")
+    overlap_seconds: float = Field(1.0, gt=0.0, le=10.0, description="how much consecutive windows overlap "
+                                   "(and are crossfaded); with max_shift_seconds under half a window")
+    max_shift_seconds: float = Field(0.25, ge=0.0, le=5.0, description="bound on the beat alignment's move of "
+                                     "each window (also capped at half a beat of the previous window's tempo)")
+    chunk_seconds: float = Field(10.0, ge=1.0, le=600.0, description="audio rendered per Griffin-Lim chunk: "
+                                 "bounds memory whatever the piece's length")
+    chunk_overlap_seconds: float = Field(0.5, gt=0.0, le=5.0, description="frames one chunk shares with the "
+                                         "next (held fixed there, so the two agree sample for sample)")
+    min_seconds: float = Field(5.0, gt=0.0, le=3600.0, description="shortest piece generate --seconds takes")
+    max_seconds: float = Field(600.0, gt=0.0, le=3600.0, description="longest piece generate --seconds takes")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LongformConfig":
+        if self.max_shift_seconds >= self.overlap_seconds:
+            raise ValueError(f"max_shift_seconds {self.max_shift_seconds} must be below overlap_seconds "
+                             f"{self.overlap_seconds}")
+        if self.chunk_overlap_seconds * 2 >= self.chunk_seconds:
+            raise ValueError(f"chunk_overlap_seconds {self.chunk_overlap_seconds} must be under half of "
+                             f"chunk_seconds {self.chunk_seconds}")
+        if self.min_seconds > self.max_seconds:
+            raise ValueError(f"min_seconds {self.min_seconds} exceeds max_seconds {self.max_seconds}")
+        return self
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -490,6 +527,7 @@ class RunConfig(Section):
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    longform: LongformConfig = Field(default_factory=LongformConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -9,6 +9,16 @@ checkpoint) or the registry (``--alias champion``). Files written (atomically):
     clip-000.wav    each clip rendered to audio (fast Griffin-Lim, pipeline.audio)
     all.wav         the clips one after another with half a second between them
     generate.json   what was generated: checkpoint, seed, shapes, mel config
+
+With ``--seconds S`` it makes one continuous long-form piece instead
+(``pipeline.longform``: a latent walk of beat-aligned, crossfaded windows):
+
+    piece.wav       the piece, rendered in one chunked pass
+    piece.png       its spectrogram in rows, time in seconds, window joins marked
+    piece.npy       float32 [n_mels, frames], its mel in [-1, 1] at stored resolution
+    piece.json      the latent path: seed, step, anchors, each window's latent and start;
+                    ``--from-path piece.json`` makes the same piece again (or, with a
+                    larger ``--seconds``, a longer one that starts the same way)
 """
 
 from __future__ import annotations
@@ -20,13 +30,17 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
-from pipeline.config import EvaluateConfig, MelConfig, add_config_argument, load_config
+from pipeline.config import EvaluateConfig, LongformConfig, MelConfig, add_config_argument, load_config
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from pipeline.longform import LongPiece
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +144,123 @@ def generate_files(checkpoint: str | Path, out: str | Path, n: int = 8, formats:
     return Generated(mels, mel_config, meta, files)
 
 
+def read_anchors(path: str | Path) -> np.ndarray:
+    """Anchor latents from a file: ``.npy`` [K, latent_dim], or ``.json`` holding a list of
+    latents (or a piece's path, whose anchors or window latents are used)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--anchors {p}: no such file")
+    try:
+        if p.suffix == ".npy":
+            data = np.load(p, allow_pickle=False)
+        else:
+            doc = json.loads(p.read_text())
+            if isinstance(doc, dict):
+                doc = doc.get("anchors") or [w.get("latent") for w in doc.get("windows") or []]
+            data = np.asarray(doc, dtype=np.float32)
+    except (ValueError, TypeError, OSError, AttributeError) as e:
+        raise UserError(f"--anchors {p}: not a list of latents ({e})") from None
+    if data.ndim != 2 or data.shape[0] < 1:
+        raise UserError(f"--anchors {p}: need a list of latents [K, latent_dim], got shape {data.shape}")
+    return data.astype(np.float32)
+
+
+def read_path(path: str | Path) -> dict:
+    """A piece's saved path (``piece.json``); UserError naming the file."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--from-path {p}: cannot read a piece's path ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("windows"), list):
+        raise UserError(f"--from-path {p}: not a piece's path (no windows)")
+    return doc
+
+
+def generate_long_files(checkpoint: str | Path, out: str | Path, seconds: Optional[float] = None,
+                        formats: list[str] | tuple[str, ...] = FORMATS, seed: int = 0, step: Optional[float] = None,
+                        anchors: Optional[np.ndarray] = None, render_iterations: int = 32,
+                        mel_inverse: str = "nnls", settings: Optional[LongformConfig] = None,
+                        from_path: Optional[dict] = None, prefix: str = "") -> tuple["LongPiece", list[Path]]:
+    """One long-form piece of ``seconds`` from the generator at ``checkpoint`` into ``out``
+    (``piece.wav/png/npy`` as ``formats`` ask, ``piece.json`` always). ``from_path``: a saved
+    path; without ``seconds`` the same piece is made again from it, with ``seconds`` a piece of
+    that length on the same seed, step, anchors and settings."""
+    from pipeline.audio import write_wav
+    from pipeline.checkpoint import load_generator
+    from pipeline.longform import check_seconds, generate_long, path_json, regenerate, render_long
+    from pipeline.plot import plot_long_mel
+
+    settings = settings or LongformConfig()
+    if from_path is not None:
+        try:
+            settings = LongformConfig.model_validate(from_path.get("settings") or {})
+        except ValueError as e:
+            raise UserError(f"--from-path: settings: {e}") from None
+        seed = int(from_path.get("seed", seed) or 0)
+        step = from_path.get("step", step)
+        if from_path.get("anchors") is not None:
+            anchors = np.asarray(from_path["anchors"], dtype=np.float32)
+    elif seconds is None:
+        raise UserError("--seconds is needed for a long-form piece")
+    if seconds is not None:
+        check_seconds(seconds, settings)
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if step is not None and not 0.0 <= float(step) <= 1.0:
+        raise UserError(f"--step must be between 0 and 1, got {step}")
+    if render_iterations < 0:
+        raise UserError(f"--iterations must be 0 or more, got {render_iterations}")
+    generator, meta = load_generator(checkpoint)
+    if anchors is not None and anchors.shape[1] != int(meta["latent_dim"]):
+        raise UserError(f"--anchors: latents of length {anchors.shape[1]}; the model's latent size is "
+                        f"{meta['latent_dim']}")
+    if from_path is not None and seconds is None:
+        piece = regenerate(generator, meta, from_path)
+    else:
+        piece = generate_long(generator, meta, seconds, seed=seed, step=step, anchors=anchors, settings=settings)
+    piece.path["checkpoint"] = str(checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    if "npy" in formats:
+        buf = io.BytesIO()
+        np.save(buf, piece.mel.astype(np.float32))
+        files.append(out / f"{prefix}piece.npy")
+        atomic_write_bytes(files[-1], buf.getvalue())
+    if "png" in formats:
+        files.append(out / f"{prefix}piece.png")
+        plot_long_mel(piece.mel, piece.mel_config, files[-1], boundaries_s=piece.boundaries_s,
+                      title=f"{meta.get('model')}: {piece.seconds:.0f} s (seed {piece.path['seed']}, "
+                            f"step {piece.path['step']:g})")
+    if "wav" in formats:
+        audio = render_long(piece, n_iter=render_iterations, seed=piece.path["seed"], mel_inverse=mel_inverse,
+                            settings=settings)
+        files.append(out / f"{prefix}piece.wav")
+        write_wav(files[-1], audio, piece.sample_rate)
+    files.append(out / f"{prefix}piece.json")
+    atomic_write_text(files[-1], path_json(piece))
+    return piece, files
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="generator checkpoint file (generator-*.pt)")
     src.add_argument("--run-id", help="MLflow training run: its latest checkpoint")
     src.add_argument("--alias", help="registry alias, e.g. champion (model name from the config)")
-    p.add_argument("--n", type=int, default=8, help="clips to generate (default: %(default)s)")
+    p.add_argument("--n", type=int, default=None, help="clips to generate (default: 8)")
     p.add_argument("--format", default="png,wav,npy", help="comma-separated: png, wav, npy (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="latent seed (default: %(default)s)")
     p.add_argument("--iterations", type=int, help="Griffin-Lim iterations (default: evaluate.render_iterations)")
+    p.add_argument("--seconds", type=float, help="one continuous long-form piece of this many seconds (5 to "
+                   "600, longform.min/max_seconds) instead of --n clips: piece.wav/png/npy/json")
+    p.add_argument("--step", type=float, help="long-form: how fast the music changes, the path distance walked "
+                   "per window from 0 to 1 (default: longform.step)")
+    p.add_argument("--anchors", metavar="FILE", help="long-form: the anchor latents to walk through, .npy "
+                   "[K, latent_dim] or .json (a list of latents); default: drawn from --seed")
+    p.add_argument("--from-path", metavar="FILE", help="long-form: a piece's piece.json; makes that piece again "
+                   "(with --seconds: as long as asked, starting the same way)")
     add_config_argument(p, "for tracking/evaluate settings")
 
 
@@ -154,6 +275,15 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--iterations {args.iterations}: {str(e).rsplit(': ', 1)[-1]}") from None
         raise
     ev: EvaluateConfig = config.evaluate
+    long_form = args.seconds is not None or args.from_path is not None
+    if not long_form and (args.step is not None or args.anchors is not None):
+        raise UserError("--step and --anchors are for long-form pieces: give --seconds too")
+    if long_form and args.n is not None and args.n != 1:
+        raise UserError(f"--seconds makes one piece; it cannot be combined with --n {args.n}")
+    if args.from_path is not None and args.anchors is not None:
+        raise UserError("--anchors and --from-path both choose the anchors: give one")
+    anchors = read_anchors(args.anchors) if args.anchors is not None else None
+    from_path = read_path(args.from_path) if args.from_path is not None else None
     with tempfile.TemporaryDirectory(prefix="technogan-generate-") as tmp:
         if args.checkpoint:
             checkpoint = Path(args.checkpoint)
@@ -166,9 +296,14 @@ def main(args: argparse.Namespace) -> int:
 
             checkpoint, mv = champion_checkpoint(tmp, ev.registry_model, args.alias, config.tracking.uri)
             log.info("generate: %s@%s is version %s (run %s)", ev.registry_model, args.alias, mv.version, mv.run_id)
-        result = generate_files(checkpoint, args.out, args.n, formats, args.seed,
-                                ev.render_iterations,
-                                ev.render_mel_inverse)
-    for f in result.files:
+        if long_form:
+            _, files = generate_long_files(checkpoint, args.out, args.seconds, formats, args.seed, args.step,
+                                           anchors, ev.render_iterations, ev.render_mel_inverse,
+                                           config.longform, from_path)
+        else:
+            files = generate_files(checkpoint, args.out, 8 if args.n is None else args.n, formats, args.seed,
+                                   ev.render_iterations,
+                                   ev.render_mel_inverse).files
+    for f in files:
         print(f)
     return 0

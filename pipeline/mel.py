@@ -47,10 +47,10 @@ def stft(audio: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
                       center=True, pad_mode="constant", return_complex=True)
 
 
-def istft(spec: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
-    """The inverse of ``stft``: [K, F, T] -> audio [K, clip_samples]."""
+def istft(spec: torch.Tensor, cfg: MelConfig, length: int | None = None) -> torch.Tensor:
+    """The inverse of ``stft``: [K, F, T] -> audio [K, length] (default: one clip's samples)."""
     return torch.istft(spec, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft).to(spec.device),
-                       center=True, length=cfg.clip_samples)
+                       center=True, length=cfg.clip_samples if length is None else int(length))
 
 
 def mel_power(clips: torch.Tensor, cfg: MelConfig) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Plots of mel spectrograms like the study's figures: a grid of clips with time (s)
-and frequency (Hz, mel-spaced) axes and one dB colour bar."""
+and frequency (Hz, mel-spaced) axes and one dB colour bar; and long-form pieces, in
+rows with a time axis from the start of the piece and the window joins marked."""
 
 from __future__ import annotations
 
@@ -64,6 +65,57 @@ def plot_mel_grid(mels, mel_config: MelConfig, path: str | Path | None = None, t
             ax.set_title(subtitles[k], fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=axes, format="%+2.0f dB", shrink=0.9)
+    if title:
+        fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    if path is None:
+        return data
+    atomic_write_bytes(path, data)
+    return None
+
+
+def plot_long_mel(mel, mel_config: MelConfig, path: str | Path | None = None, title: str | None = None,
+                  boundaries_s: list[float] | None = None, row_seconds: float = 30.0) -> bytes | None:
+    """Draw one long normalised mel [M, T] at stored resolution (a long-form piece) with a
+    time axis in seconds from the start of the piece, split into rows of ``row_seconds``
+    (the last row as wide as the others, so every row has the same time scale), and the
+    window joins ``boundaries_s`` marked as dashed lines when given. Writes a PNG to
+    ``path`` atomically, or returns its bytes."""
+    from matplotlib.figure import Figure
+
+    x = np.asarray(mel.detach().cpu().numpy() if torch.is_tensor(mel) else mel, dtype=np.float32)
+    cfg = mel_config
+    if x.ndim != 2 or x.shape[0] != cfg.n_mels:
+        raise ValueError(f"a long mel is [n_mels={cfg.n_mels}, T], got shape {x.shape}")
+    if not row_seconds > 0:
+        raise ValueError(f"row_seconds must be positive, got {row_seconds}")
+    db = normalised_to_db(x, cfg)
+    frame_s = cfg.hop_length / cfg.sample_rate
+    total_s = x.shape[1] * frame_s
+    nrows = max(1, math.ceil(total_s / row_seconds - 1e-9))
+    width_s = min(row_seconds, total_s)
+    per_row = int(round(width_s / frame_s))
+    tick_pos, tick_labels = _hz_ticks(cfg)
+    fig = Figure(figsize=(min(16.0, 2.0 + 0.45 * width_s), 1.9 * nrows + (0.6 if title else 0.3)), dpi=100)
+    axes = fig.subplots(nrows, 1, squeeze=False, sharey=True)[:, 0]
+    image = None
+    for r, ax in enumerate(axes):
+        a = r * per_row
+        part = db[:, a:a + per_row]
+        t0 = a * frame_s
+        image = ax.imshow(part, origin="lower", aspect="auto", interpolation="nearest", cmap="magma",
+                          vmin=-cfg.top_db, vmax=0.0, extent=(t0, t0 + part.shape[1] * frame_s, 0.0, cfg.n_mels))
+        ax.set_xlim(t0, t0 + width_s)
+        ax.set_yticks(tick_pos, tick_labels)
+        ax.set_ylabel("Hz")
+        for b in boundaries_s or ():
+            if t0 <= b < t0 + part.shape[1] * frame_s:
+                ax.axvline(b, color="cyan", linestyle="--", linewidth=0.9)
+    axes[-1].set_xlabel("Time (s)")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), format="%+2.0f dB", shrink=0.9)
     if title:
         fig.suptitle(title)
     buf = io.BytesIO()

@@ -17,17 +17,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.audio import AUDIO_FORMATS
-from pipeline.config import MelConfig, ServeConfig
+from pipeline.config import LongformConfig, MelConfig, ServeConfig
 from pipeline.generate import latents_for_seed
 from pipeline.mel import normalised_to_db, to_stored_resolution
 from serving.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from pipeline.longform import LongPiece
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ class Engine:
                                     mel_inverse=settings.render_mel_inverse, nnls_steps=settings.render_nnls_steps,
                                     device=self.device)
         self._seeds = np.random.default_rng()  # OS entropy: only for requests without a seed
+        # long-form pieces as `technogan generate --seconds` makes them, up to serve.max_seconds
+        self.longform = LongformConfig(max_seconds=float(settings.max_seconds))
 
     # -- latents and mels
 
@@ -76,6 +81,21 @@ class Engine:
             return torch.from_numpy(np.ascontiguousarray(request.latents)), None
         seed = request.seed if request.seed is not None else self.draw_seed()
         return latents_for_seed(seed, request.n, self.latent_dim), seed
+
+    def generate_long(self, request: GenerationRequest) -> tuple["LongPiece", Optional[int]]:
+        """(the long-form piece of ``request.seconds``, the seed used or None when the client gave
+        its one anchor latent). The same seed gives the piece ``technogan generate --seconds``
+        gives (with the default longform settings)."""
+        from pipeline.longform import generate_long
+
+        if request.latents is not None:
+            anchors, seed = np.ascontiguousarray(request.latents), None
+        else:
+            anchors, seed = None, request.seed if request.seed is not None else self.draw_seed()
+        assert request.seconds is not None
+        piece = generate_long(self.generator, self.meta, request.seconds, seed=seed or 0, anchors=anchors,
+                              device=self.device, settings=self.longform)
+        return piece, seed
 
     @torch.no_grad()  # not inference_mode: its tensors refuse the in-place ops of plotting/rendering
     def generate(self, z: torch.Tensor) -> torch.Tensor:
@@ -103,11 +123,17 @@ class Engine:
 
     # -- response bodies, one per format
 
-    def encode(self, request: GenerationRequest, mels: torch.Tensor, seed: Optional[int],
+    def encode(self, request: GenerationRequest, mels: "torch.Tensor | LongPiece", seed: Optional[int],
                timings: Optional[Timings] = None) -> bytes:
-        """Normalised mels [n, M, T] of one request -> the response body in its format."""
+        """Normalised mels [n, M, T] of one request (or its long-form piece) -> the response body
+        in its format."""
+        from pipeline.longform import LongPiece
+
         t0 = time.perf_counter()
-        body = ENCODERS[request.format](self, mels, seed)
+        if isinstance(mels, LongPiece):
+            body = self.encode_long(request.format, mels, seed)
+        else:
+            body = ENCODERS[request.format](self, mels, seed)
         if timings is not None:
             ms = (time.perf_counter() - t0) * 1000.0
             if request.format in AUDIO_FORMATS:  # Griffin-Lim, then (mp3, ogg) ffmpeg
@@ -166,6 +192,38 @@ class Engine:
 
     def to_ogg(self, mels: torch.Tensor, seed: Optional[int]) -> bytes:
         return self.to_audio(mels, "ogg")
+
+
+    # -- a long-form piece: the same formats, of one long mel [M, T]
+
+    def encode_long(self, fmt: str, piece: "LongPiece", seed: Optional[int]) -> bytes:
+        """A long-form piece in ``fmt``: json/npy its dB mel [1, M, T] (json adds the window
+        joins, the tempo and the latent path), png its rows with the joins marked, wav/mp3/ogg
+        the piece rendered in one chunked pass (``pipeline.longform.render_long``)."""
+        mels = torch.from_numpy(piece.mel[None])  # [1, M, T]
+        if fmt == "npy":
+            return self.to_npy(mels, seed)
+        if fmt == "json":
+            db = np.round(self.db(mels).astype(np.float64), self.settings.json_decimals)
+            doc = {"mels": db.tolist(), "shape": list(db.shape), "seed": seed, "seconds": piece.seconds,
+                   "boundaries_s": piece.boundaries_s, "tempo_bpm": piece.tempo_bpm,
+                   "unit": "dB relative to the piece's peak", "model": self.meta.get("model"),
+                   "model_resolution": self.resolution, "mel_config": self.mel_config.to_dict(), "path": piece.path}
+            return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+        if fmt == "png":
+            from pipeline.plot import plot_long_mel
+
+            title = f"{piece.seconds:.0f} s long-form piece" + (f" (seed {seed})" if seed is not None else "")
+            png = plot_long_mel(piece.mel, self.mel_config, path=None, title=title, boundaries_s=piece.boundaries_s)
+            assert png is not None
+            return png
+        from pipeline.audio import encode_audio
+        from pipeline.longform import render_long
+
+        audio = render_long(piece, n_iter=self.settings.render_iterations, seed=seed or 0,
+                            mel_inverse=self.settings.render_mel_inverse, nnls_steps=self.settings.render_nnls_steps,
+                            settings=self.longform, device=self.device)
+        return encode_audio(audio, self.mel_config.sample_rate, fmt)
 
 
 # format -> encoder; adding a format is one entry here and one in serving.request.FORMATS

@@ -1,7 +1,7 @@
 """TorchServe handler of ``technogan.mar``: random latents in, mel spectrograms out.
 
 API (DESIGN.md, "Serving API"): ``POST /predictions/technogan`` with an optional JSON
-body ``{"n", "seed", "latents", "format"}``; see ``serving.request`` for the fields
+body ``{"n", "seed", "latents", "format", "seconds"}``; see ``serving.request`` for the fields
 and ``serving.engine`` for the response formats (json, npy, png, wav, mp3, ogg).
 
 Code: the archive carries this file, the weights and their JSON description, not the
@@ -33,6 +33,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from pipeline.audio import EncodeError
 from pipeline.checkpoint import load_generator
 from pipeline.config import ServeConfig
+from pipeline.errors import UserError
 from serving.engine import Engine, Timings
 from serving.package import DESCRIPTION_FILE
 from serving.request import GenerationRequest, Limits, RequestError, parse_request
@@ -104,6 +105,8 @@ class TechnoganHandler(BaseHandler):
         valid = [(i, r) for i, r in enumerate(data) if isinstance(r, GenerationRequest)]
         latents, seeds = [], {}
         for i, request in valid:
+            if request.seconds is not None:  # a long-form piece: its own windows, after the batch
+                continue
             z, seeds[i] = self.engine.latents(request)  # [n_i, latent_dim]
             latents.append(z)
         t0 = time.perf_counter()
@@ -112,10 +115,21 @@ class TechnoganHandler(BaseHandler):
         results: list[Any] = list(data)
         start = 0
         for i, request in valid:
-            assert mels is not None  # there are valid requests, so there were latents
+            if request.seconds is not None:
+                t1 = time.perf_counter()
+                try:
+                    piece, seed = self.engine.generate_long(request)
+                except UserError as e:  # a value the request model let through but the piece refuses
+                    results[i] = RequestError("seconds", str(e))
+                    continue
+                timings.generate_ms += (time.perf_counter() - t1) * 1000.0
+                timings.clips += len(piece.path["windows"])  # one generated window each
+                results[i] = (request, piece, seed)
+                continue
+            assert mels is not None  # there are clip requests, so there were latents
             results[i] = (request, mels[start:start + request.n], seeds[i])
             start += request.n
-        timings.clips = start
+        timings.clips += start
         self._timings = timings
         return results
 

@@ -10,6 +10,9 @@ The body is an optional JSON object, typed by ``RequestBody`` (pydantic, strict)
 - ``seed``: integer seed for the latents, 0..2^63-1 (default: a fresh random seed, reported back);
 - ``latents``: explicit latent vectors, a list of ``n`` lists of ``latent_dim`` finite numbers;
 - ``format``: ``json`` (default), ``npy``, ``png``, ``wav``, ``mp3`` or ``ogg`` (Opus).
+- ``seconds``: one continuous long-form piece of this many seconds (5..serve.max_seconds)
+  instead of separate clips (``pipeline.longform``); not with ``n`` > 1 nor with more than
+  one row of ``latents`` (one row is the piece's one anchor latent).
 
 Every client mistake raises ``RequestError`` (a TorchServe ``PredictionException``
 with code 400, 413 for a body over ``serve.max_body_bytes``) whose message starts with
@@ -28,6 +31,8 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from ts.utils.util import PredictionException
 
+from pipeline.config import ServeConfig
+
 FORMATS: dict[str, str] = {
     # format -> response content type; the audio ones are pipeline.audio.CONTENT_TYPES
     # (tests/serving/test_request.py checks they agree: this module stays free of torch)
@@ -44,6 +49,9 @@ MAX_LATENT = 1e30
 # Integers with more digits than this are never a valid n, seed or latent; they are kept out
 # of Python's int() altogether (it refuses over 4,300 digits, and is quadratic below that)
 MAX_INT_DIGITS = 40
+# A long-form piece's length (seconds): at least one generator window; the top is serve.max_seconds
+MIN_SECONDS = 5.0
+MAX_SECONDS = 600.0
 
 
 class RequestError(PredictionException):
@@ -65,11 +73,13 @@ class Limits:
     latent_dim: int
     max_n: int
     max_body_bytes: int
+    max_seconds: float = float(ServeConfig.model_fields["max_seconds"].default)  # the one default: ServeConfig's
 
     @classmethod
     def of(cls, serve: Any, latent_dim: int) -> "Limits":
         """From a ``ServeConfig`` and the model's latent size."""
-        return cls(latent_dim=int(latent_dim), max_n=serve.max_n, max_body_bytes=serve.max_body_bytes)
+        return cls(latent_dim=int(latent_dim), max_n=serve.max_n, max_body_bytes=serve.max_body_bytes,
+                   max_seconds=float(serve.max_seconds))
 
 
 class HugeInt:
@@ -116,11 +126,21 @@ class RequestBody(BaseModel):
     seed: Optional[Annotated[int, BeforeValidator(_no_huge), Field(ge=0, le=MAX_SEED)]] = None
     latents: Optional[list[list[Latent]]] = Field(None, min_length=1)
     format: Optional[Annotated[Literal[tuple(FORMATS)], BeforeValidator(_lower)]] = None  # type: ignore[valid-type]
+    seconds: Optional[Annotated[float, BeforeValidator(_no_huge), AfterValidator(_finite)]] = None
 
     @model_validator(mode="after")
     def _fits_the_model(self, info: ValidationInfo) -> "RequestBody":
         ctx = info.context or {}
         max_n, latent_dim = ctx.get("max_n"), ctx.get("latent_dim")
+        if self.seconds is not None:
+            top = ctx.get("max_seconds", MAX_SECONDS)
+            if not MIN_SECONDS <= self.seconds <= top:
+                raise _FieldError("seconds", f"must be between {MIN_SECONDS:g} and {top:g}, got {self.seconds:g}")
+            if self.n is not None and self.n > 1:
+                raise _FieldError("seconds", f"makes one continuous piece; it cannot be combined with n = {self.n}")
+            if self.latents is not None and len(self.latents) > 1:
+                raise _FieldError("seconds", f"makes one continuous piece from one anchor latent; got "
+                                             f"{len(self.latents)} rows of latents")
         if max_n is not None and self.n is not None and self.n > max_n:
             raise _FieldError("n", f"must be between 1 and {max_n}, got {self.n}")
         if self.latents is not None:
@@ -154,6 +174,7 @@ class GenerationRequest:
     format: str
     seed: Optional[int] = None  # None with latents None: the handler draws a fresh seed
     latents: Optional[np.ndarray] = None  # [n, latent_dim] float32, all finite
+    seconds: Optional[float] = None  # a long-form piece of this length instead of n clips
 
     @property
     def content_type(self) -> str:
@@ -262,11 +283,13 @@ def parse_request(raw: Any, limits: Limits) -> GenerationRequest:
     if not isinstance(body, dict):
         raise RequestError("body", f"must be a JSON object like {{\"n\": 4}}, got a JSON {_json_type(body)}")
     try:
-        req = RequestBody.model_validate(body, context={"max_n": limits.max_n, "latent_dim": limits.latent_dim})
+        req = RequestBody.model_validate(body, context={"max_n": limits.max_n, "latent_dim": limits.latent_dim,
+                                                             "max_seconds": limits.max_seconds})
     except ValidationError as e:
         raise _error_from(e) from None
     except RecursionError:  # an already-decoded, absurdly nested value
         raise RequestError("body", "is nested too deeply") from None
     latents = None if req.latents is None else np.asarray(req.latents, dtype=np.float32)  # [n, latent_dim]
     n = latents.shape[0] if latents is not None else (req.n or 1)
-    return GenerationRequest(n=n, format=req.format or "json", seed=req.seed, latents=latents)
+    return GenerationRequest(n=n, format=req.format or "json", seed=req.seed, latents=latents,
+                             seconds=None if req.seconds is None else float(req.seconds))

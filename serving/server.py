@@ -81,12 +81,18 @@ class Ports:
 
 
 def response_size_limit(serve: ServeConfig, mel: MelConfig) -> int:
-    """Bytes of the largest answer ``max_n`` clips can make, with headroom (json or wav)."""
+    """Bytes of the largest answer ``max_n`` clips or a piece of ``max_seconds`` can make, with
+    headroom (json or wav; a 60 s piece is ~2.6 MB of either, well under 64 clips' ~15 MB)."""
     n_mels, n_frames = mel.shape
     per_value = serve.json_decimals + 6  # "-79.99," worst case per dB value in json
     json_bytes = serve.max_n * n_mels * n_frames * per_value
     wav_bytes = serve.max_n * int((mel.clip_seconds + serve.wav_gap_seconds) * mel.sample_rate) * 2
-    return max(TS_DEFAULT_MAX_SIZE, int(1.25 * max(json_bytes, wav_bytes)) + (1 << 16))
+    # a long-form piece of serve.max_seconds: one long mel (json) or one long wav
+    long_frames = 1 + int(serve.max_seconds * mel.sample_rate) // mel.hop_length
+    long_json = mel.n_mels * long_frames * per_value
+    long_wav = int(serve.max_seconds * mel.sample_rate) * 2
+    biggest = max(json_bytes, wav_bytes, long_json, long_wav)
+    return max(TS_DEFAULT_MAX_SIZE, int(1.25 * biggest) + (1 << 16))
 
 
 def allowed_urls(model_store: str | os.PathLike) -> str:

@@ -156,7 +156,13 @@ class MelRenderer:
 
     def magnitude(self, mels: torch.Tensor) -> torch.Tensor:
         """Normalised mels [B, H, W] at any resolution -> STFT magnitude [B, 1 + n_fft//2, n_frames]."""
-        x = to_stored_resolution(mels.to(self.device, torch.float32), self.cfg)  # [B, M, T]
+        return self.stored_magnitude(to_stored_resolution(mels.to(self.device, torch.float32), self.cfg))
+
+    def stored_magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised mels [B, n_mels, T] at stored resolution, any T (long pieces, chunks of
+        them) -> STFT magnitude [B, 1 + n_fft//2, T]. Column by column, so chunks of a long
+        mel give exactly the columns of the whole."""
+        x = x.to(self.device, torch.float32)
         db = normalised_to_db(x, self.cfg)
         mel_power = torch.pow(10.0, db / 10.0)  # relative to the clip's peak
         power = MEL_INVERSES[self.mel_inverse](mel_power, self._fb, self._pinv_fb, self.nnls_steps)  # [B, F, T]
@@ -165,27 +171,43 @@ class MelRenderer:
     def _stft(self, audio: torch.Tensor) -> torch.Tensor:
         return stft(audio, self.cfg)  # [B, F, T]
 
-    def _istft(self, spec: torch.Tensor) -> torch.Tensor:
-        return istft(spec, self.cfg)  # [B, clip_samples]
+    def _istft(self, spec: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        return istft(spec, self.cfg, length)  # [B, length or clip_samples]
 
-    def griffin_lim(self, magnitude: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Fast Griffin-Lim: STFT magnitude [B, F, T] -> audio [B, clip_samples] (not normalised)."""
+    def griffin_lim(self, magnitude: torch.Tensor, generator: torch.Generator | None = None,
+                    keep: torch.Tensor | None = None, length: int | None = None,
+                    return_spec: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Fast Griffin-Lim: STFT magnitude [B, F, T] -> audio [B, length] (not normalised;
+        ``length`` defaults to one clip's samples).
+
+        ``keep`` (complex [B, F, K], K <= T) holds the first K frames at those values in
+        every iteration: a chunk of a long piece continues the chunk before it, whose
+        last K frames these are, so the two agree sample for sample where they overlap
+        (``pipeline.longform.render_long``). ``return_spec``: also return the final complex
+        estimate [B, F, T] the audio was made from."""
         phase = torch.rand(magnitude.shape, generator=generator, device="cpu").to(self.device) * (2 * math.pi)
         spec = torch.polar(magnitude, phase)  # [B, F, T] complex: magnitude with a random phase
+        k = 0 if keep is None else keep.shape[-1]
+        if k:
+            keep = keep.to(self.device)
+            spec[..., :k] = keep
         mag = magnitude.unsqueeze(-1)  # [B, F, T, 1] against the real view [B, F, T, 2]
         previous = None
         alpha = self.momentum / (1.0 + self.momentum)
         for _ in range(self.n_iter):
             # project onto the consistent spectrograms, keep the phase, extrapolate (momentum)
-            rebuilt = self._stft(self._istft(spec))
+            rebuilt = self._stft(self._istft(spec, length))
             if previous is not None and alpha:
                 spec = torch.add(rebuilt, previous, alpha=-alpha)
             else:
                 spec = rebuilt.clone()
             torch.sgn(spec, out=spec)  # z / |z| in place: measured 2x faster than z / (|z| + eps)
             torch.view_as_real(spec).mul_(mag)  # complex * real in place through the real view
+            if k:
+                spec[..., :k] = keep
             previous = rebuilt
-        return self._istft(spec)
+        audio = self._istft(spec, length)
+        return (audio, spec) if return_spec else audio
 
     @torch.no_grad()
     def render(self, mels: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -93,3 +93,14 @@ def test_archived_serve_settings_round_trip_and_refuse_unknown_keys():
     assert ServeConfig.model_validate(archived).max_n == 7
     with pytest.raises(ValidationError, match="max_m"):
         ServeConfig.model_validate({**archived, "max_m": 3})  # once dropped silently by ServeSettings
+
+
+@pytest.mark.parametrize("max_seconds", [60, 600])
+def test_the_response_limit_holds_the_longest_long_form_piece(max_seconds):
+    from pipeline.longform import seconds_to_frames
+
+    serve, mel = ServeConfig(max_seconds=max_seconds), MelConfig()
+    limit = response_size_limit(serve, mel)
+    samples = (seconds_to_frames(max_seconds, mel) - 1) * mel.hop_length
+    assert 44 + 2 * samples < limit  # 16-bit mono WAV
+    assert mel.n_mels * seconds_to_frames(max_seconds, mel) * len("-79.99,") < limit  # json, 2 decimals

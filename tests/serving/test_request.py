@@ -121,6 +121,15 @@ BAD = [
     (body(latents=[[0, 0, 0, 0]], n=0), "n"),
     (body(latents=[[[0], 0, 0, 0]]), "latents[0][0]"),
     (body(latents={"0": [0, 0, 0, 0]}), "latents"),
+    (body(seconds=4.9), "seconds"),
+    (body(seconds=60.5), "seconds"),  # over serve.max_seconds (60 by default)
+    (body(seconds=10, n=2), "seconds"),
+    (body(seconds=10, latents=[[0, 0, 0, 0]] * 2), "seconds"),
+    (body(seconds="10"), "seconds"),
+    (body(seconds=True), "seconds"),
+    (body(seconds=[10]), "seconds"),
+    (b'{"seconds": NaN}', "seconds"),
+    (b'{"seconds": ' + HUGE.encode() + b"}", "seconds"),
 ]
 
 
@@ -149,6 +158,22 @@ def test_deeply_nested_json_is_a_400_not_a_crash():
     deep = b"[" * 100000 + b"]" * 100000
     with pytest.raises(RequestError, match=r"^body: is not valid JSON"):
         parse_request(deep, Limits(latent_dim=4, max_n=8, max_body_bytes=1 << 20))
+
+
+def test_seconds_asks_for_one_long_piece():
+    r = parse_request(body(seconds=30, seed=2, format="wav"), LIMITS)
+    assert (r.n, r.seed, r.format, r.seconds) == (1, 2, "wav", 30.0)
+    one = parse_request(body(seconds=12.5, latents=[[0.5, 0, 0, 0]], n=1), LIMITS)
+    assert one.seconds == 12.5 and one.latents.shape == (1, 4)
+    assert parse_request(body(n=2), LIMITS).seconds is None
+    for raw, message in ((body(seconds=10, n=3), "seconds: makes one continuous piece; it cannot be combined "
+                                                 "with n = 3"),
+                         (body(seconds=61), "seconds: must be between 5 and 60, got 61")):
+        with pytest.raises(RequestError) as info:
+            parse_request(raw, LIMITS)
+        assert info.value.message == message
+    longer = Limits.of(ServeConfig(max_seconds=120), 4)
+    assert parse_request(body(seconds=120), longer).seconds == 120.0
 
 
 def test_limits_come_from_the_serve_config():

@@ -166,6 +166,33 @@ def test_an_unknown_format_is_a_400_listing_the_formats(server):
                         "field": "format"}
 
 
+def test_a_long_form_piece_is_one_continuous_wav_and_its_png(server):
+    from pipeline.longform import seconds_to_frames
+
+    r = post(server, {"seconds": 12, "seed": 5, "format": "wav"})
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"] == "audio/wav" and r.headers["x-technogan-seed"] == "5"
+    audio, sr = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert sr == MEL.sample_rate and len(audio) == (seconds_to_frames(12, MEL) - 1) * MEL.hop_length
+    assert 0.1 < np.abs(audio).max() <= 1.0
+    img = Image.open(io.BytesIO(post(server, {"seconds": 12, "seed": 5, "format": "png"}).content))
+    assert img.format == "PNG" and img.width > 600
+
+
+def test_a_60_second_piece_as_json_fits_the_response_limit_and_repeats(server):
+    from pipeline.longform import seconds_to_frames
+
+    r = post(server, {"seconds": 60, "seed": 9})
+    assert r.status_code == 200, r.text[:300]
+    doc = r.json()
+    frames = seconds_to_frames(60, MEL)
+    assert doc["shape"] == [1, MEL.n_mels, frames] and np.asarray(doc["mels"]).shape == (1, MEL.n_mels, frames)
+    assert len(doc["boundaries_s"]) == len(doc["path"]["windows"]) - 1 >= 12
+    assert doc["seed"] == 9 and doc["path"]["seed"] == 9
+    npy = np.load(io.BytesIO(post(server, {"seconds": 60, "seed": 9, "format": "npy"}).content))
+    assert np.allclose(npy, np.asarray(doc["mels"]), atol=0.01)  # json rounds to 2 decimals
+
+
 def test_same_seed_same_mels(server):
     a = post(server, {"n": 2, "seed": 1234}).json()
     b = post(server, {"n": 2, "seed": 1234}).json()
@@ -218,6 +245,8 @@ BAD = [
     ({"format": "flac"}, None, "format"),
     ({"format": ["json"]}, None, "format"),
     ({"colour": "red"}, None, "colour"),
+    ({"seconds": 61}, None, "seconds"),
+    ({"seconds": 10, "n": 2}, None, "seconds"),
     (None, b"{this is not json", "body"),
     (None, b"[1, 2, 3]", "body"),
     (None, b"\xff\xfe\x00", "body"),
