@@ -62,6 +62,7 @@ MAX_SEED_DIGITS = 40  # like serving.request: longer is never a seed; the server
 DRAWN_SEED_MAX = 2**53  # seeds the studio draws itself: exact in a JavaScript number
 MAX_STUDIO_BODY = 4096  # the page's own requests are a few fields
 FORMAT_LIST = re.compile(r"must be one of ([a-z0-9]+(?:, [a-z0-9]+)*)")
+SECONDS_RANGE = re.compile(r"seconds: must be between ([0-9.]+) and ([0-9.]+)")
 ALLOWED_FIELDS = re.compile(r"the allowed fields are ([a-z_]+(?:, [a-z_]+)*)")
 
 
@@ -237,7 +238,7 @@ class Upstream:
         refuses (an unknown format, an unknown field) list the formats and fields it has,
         and one small npy request says which registry version it serves."""
         info: dict[str, Any] = {"reachable": False, "formats": ["wav"], "fields": [], "served_version": None,
-                                "error": None}
+                                "seconds_range": None, "error": None}
         try:
             status, bad_format = await self.post({"format": "?"})
             info["reachable"] = True
@@ -247,6 +248,11 @@ class Upstream:
             _, bad_field = await self.post({"studio_probe": 0})
             m = ALLOWED_FIELDS.search(bad_field.body.decode("utf-8", "replace"))
             info["fields"] = m.group(1).split(", ") if m else []
+            if "seconds" in info["fields"]:  # a length it refuses names the range
+                _, bad_seconds = await self.post({"seconds": 0})
+                m = SECONDS_RANGE.search(bad_seconds.body.decode("utf-8", "replace"))
+                if m:
+                    info["seconds_range"] = [float(m.group(1)), float(m.group(2))]
             status, small = await self.post({"n": 1, "seed": 0, "format": "npy"})
             if status == 200:
                 info["served_version"] = small.headers.get("x-technogan-version") or None
@@ -316,9 +322,15 @@ class Versions:
                 request = parse_request(json.dumps(body).encode("utf-8"), Limits.of(self.serve, engine.latent_dim))
             except RequestError as e:
                 raise StudioError(e.error_code, e.message, e.field, source="server") from None
-            z, seed = engine.latents(request)
-            mels = engine.generate(z)
-            data = engine.encode(request, mels, seed)
+            if request.seconds is not None:  # a long-form piece, as the handler makes it
+                try:
+                    piece, seed = engine.generate_long(request)
+                except UserError as e:
+                    raise StudioError(400, f"seconds: {e}", "seconds", source="server") from None
+                data = engine.encode(request, piece, seed)
+            else:
+                z, seed = engine.latents(request)
+                data = engine.encode(request, engine.generate(z), seed)
         return Answer(data, FORMATS[request.format], {"x-technogan-version": version,
                                                       "x-technogan-seed": str(seed)})
 

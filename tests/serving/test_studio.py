@@ -139,7 +139,8 @@ def _duration(wav: bytes) -> float:
 
 
 @pytest.mark.slow
-def test_backend_generates_through_torchserve_and_in_process(studio, server, champion_version, older_version):
+def test_backend_generates_through_torchserve_and_in_process(studio, server, serve_run_config, champion_version,
+                                                             older_version):
     info = requests.get(f"{studio.url}/api/info", timeout=60).json()
     assert info["server"]["reachable"] and info["server"]["served_version"] == str(champion_version.version)
     assert info["server"]["formats"] == ["wav", "mp3", "ogg"]  # what the server has, in the page's order
@@ -170,6 +171,22 @@ def test_backend_generates_through_torchserve_and_in_process(studio, server, cha
     a, _ = sf.read(io.BytesIO(old_wav))
     b, _ = sf.read(io.BytesIO(wav.content))
     assert a.shape == b.shape and np.corrcoef(a, b)[0, 1] > 0.99  # the same piece rendered twice
+
+    # long-form, by TorchServe and in-process: one piece of that length
+    assert info["longform"] and info["server"]["seconds_range"] == [5.0, float(serve_run_config.serve.max_seconds)]
+    for version, source in ((str(champion_version.version), "torchserve"), (str(older_version.version), "in-process")):
+        r = _generate(studio, seed="4", mode="long", seconds="7", format="wav", version=version)
+        assert r.status_code == 200, r.text
+        res = r.json()
+        assert (res["source"], res["seconds"], res["download_name"]) == (source, 7, f"technogan-v{version}-seed4-7s.wav")
+        long_wav = requests.get(studio.url + res["audio_url"], timeout=30).content
+        assert _duration(long_wav) == pytest.approx(7.0, abs=0.05)
+        assert requests.get(studio.url + res["image_url"], timeout=30).content.startswith(PNG)
+    too_long = serve_run_config.serve.max_seconds + 1
+    for version in (str(champion_version.version), str(older_version.version)):
+        r = _generate(studio, seed="4", mode="long", seconds=str(too_long), version=version)
+        assert r.status_code == 400 and r.json()["field"] == "seconds", r.text
+        assert r.json()["error"].startswith(f"seconds: must be between 5 and {serve_run_config.serve.max_seconds}")
 
     # no seed: the studio draws one, and says which
     drawn = _generate(studio, format="wav").json()
@@ -280,6 +297,33 @@ def test_page_plays_the_compressed_formats(page, studio, champion_version, fmt):
     assert r.headers["content-type"].startswith({"mp3": "audio/mpeg", "ogg": "audio/ogg"}[fmt])
     magic = (b"ID3", b"\xff\xfb", b"\xff\xf3") if fmt == "mp3" else (b"OggS",)
     assert r.content.startswith(magic)
+
+
+@pytest.mark.slow
+def test_page_makes_a_long_form_piece_and_shows_the_servers_limit(page, studio, server, serve_run_config):  # noqa: F811
+    page.goto(studio.url)
+    _wait_ready(page)
+    assert page.is_hidden("#seconds-box")
+    page.check("#mode-long")
+    assert page.is_visible("#seconds-box")
+    assert f"(5 to {serve_run_config.serve.max_seconds} s on this server)" in page.inner_text("#length-hint")
+    page.fill("#seed", "9")
+    page.fill("#seconds", "8")
+    _generate_in_page(page)
+    assert page.is_hidden("#error"), page.inner_text("#error")
+    card = page.locator(".result").first
+    assert "long-form, 8 s" in card.locator("h2").inner_text()
+    assert _audio_duration(page, card) == pytest.approx(8.0, abs=0.05)
+    card.locator("img.spectrogram").evaluate("img => img.decode()")
+    assert card.locator("img.spectrogram").evaluate("img => img.naturalWidth") > 0
+
+    too_long = serve_run_config.serve.max_seconds + 30
+    page.fill("#seconds", str(too_long))
+    _generate_in_page(page)
+    message = requests.post(server.predictions_url, json={"seed": 9, "seconds": too_long}, timeout=60).json()["error"]
+    assert message.startswith("seconds: must be between")
+    assert page.inner_text("#error") == f"The server said (HTTP 400): {message}"
+    assert page.locator(".result").count() == 1
 
 
 @pytest.mark.slow
