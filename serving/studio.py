@@ -446,19 +446,21 @@ class Studio:
                    "Accept-Ranges": "bytes"}
         # ranges: Chromium finds an Ogg's duration by reading its last page (without them
         # the player says Infinity), and seeks in long pieces without fetching them again
-        span = byte_range(request.headers.get("range"), len(res.audio))
+        try:
+            span = byte_range(request.headers.get("range"), len(res.audio))
+        except ValueError:
+            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(res.audio)}"})
         if span is None:
             return Response(res.audio, media_type=res.audio_type, headers=headers)
-        if span == ():
-            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(res.audio)}"})
         start, end = span
         return Response(res.audio[start:end + 1], status_code=206, media_type=res.audio_type,
                         headers={**headers, "Content-Range": f"bytes {start}-{end}/{len(res.audio)}"})
 
 
-def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int] | tuple[()]]:
-    """One ``Range: bytes=`` span of a body of ``size`` bytes as (first, last) inclusive;
-    None: answer the whole body (no header, several ranges, or not bytes); (): 416."""
+def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
+    """One ``Range: bytes=`` span of a body of ``size`` bytes as (first, last), inclusive;
+    None: answer the whole body (no header, several ranges, or not bytes); ValueError:
+    the span is outside the body (416)."""
     if not header:
         return None
     m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
@@ -467,11 +469,13 @@ def byte_range(header: Optional[str], size: int) -> Optional[tuple[int, int] | t
     first, last = m.group(1), m.group(2)
     if not first:  # the last N bytes
         n = int(last)
-        return (max(0, size - n), size - 1) if n > 0 and size > 0 else ()
+        if n == 0 or size == 0:
+            raise ValueError(header)
+        return max(0, size - n), size - 1
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
     if start >= size or end < start:
-        return ()
+        raise ValueError(header)
     return start, end
 
 

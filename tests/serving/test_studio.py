@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
-from starlette.testclient import TestClient
+with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2 for its test client; httpx works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from pipeline.config import MelConfig, ServeConfig
 from serving.server import Ports, TorchServe, free_port
@@ -56,7 +59,9 @@ def test_byte_ranges_for_the_audio_element():
     assert byte_range(None, 100) is None and byte_range("bytes=0-", 100) == (0, 99)
     assert byte_range("bytes=10-19", 100) == (10, 19) and byte_range("bytes=90-500", 100) == (90, 99)
     assert byte_range("bytes=-30", 100) == (70, 99) and byte_range("bytes=-300", 100) == (0, 99)
-    assert byte_range("bytes=100-", 100) == () and byte_range("bytes=20-10", 100) == ()
+    for unsatisfiable in ("bytes=100-", "bytes=20-10", "bytes=-0"):
+        with pytest.raises(ValueError):
+            byte_range(unsatisfiable, 100)
     assert byte_range("bytes=0-1,5-6", 100) is None and byte_range("items=0-1", 100) is None
 
 
@@ -93,6 +98,38 @@ def test_cli_refuses_a_bad_url_and_port(capsys):
     assert "--url ftp://x" in capsys.readouterr().err
     assert main(["studio", "--port", "70000"]) == 2
     assert "--port 70000" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_studio_command_serves_the_page_until_interrupted(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port, upstream = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "studio", "--url", f"http://127.0.0.1:{upstream}",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page_html = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.2)
+        assert page_html.status_code == 200 and "technogan studio" in page_html.text
+        info = requests.get(f"http://127.0.0.1:{port}/api/info", timeout=30).json()
+        assert info["url"] == f"http://127.0.0.1:{upstream}" and info["server"]["reachable"] is False
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert f"technogan studio on http://127.0.0.1:{port}" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ----------------------------------------------------------------------------- slow: a real TorchServe
@@ -220,16 +257,16 @@ def test_backend_passes_on_the_servers_400_and_bounds_answers(studio, server, se
 # ----------------------------------------------------------------------------- slow: the page in Chromium
 
 
-def _wait_ready(page) -> None:
-    page.wait_for_function("document.getElementById('server-status').textContent.includes('TorchServe at')")
+def _wait_ready(pg) -> None:
+    pg.wait_for_function("document.getElementById('server-status').textContent.includes('TorchServe at')")
 
 
-def _generate_in_page(page) -> None:
-    page.click("#generate")
-    page.wait_for_function("document.getElementById('generate').disabled === false")
+def _generate_in_page(pg) -> None:
+    pg.click("#generate")
+    pg.wait_for_function("document.getElementById('generate').disabled === false")
 
 
-def _audio_duration(page, card) -> float:
+def _audio_duration(card) -> float:
     return card.locator("audio").evaluate(
         """a => new Promise((ok, fail) => {
              if (a.readyState >= 1) return ok(a.duration);
@@ -252,7 +289,7 @@ def test_page_generates_shows_and_plays(page, studio, champion_version, older_ve
     assert page.is_hidden("#progress") and page.is_hidden("#error")
     card = page.locator(".result").first
     assert "seed 7" in card.locator("h2").inner_text() and f"version {str(champion_version.version)}" in card.inner_text()
-    assert _audio_duration(page, card) == pytest.approx(MEL.clip_seconds, abs=0.05)
+    assert _audio_duration(card) == pytest.approx(MEL.clip_seconds, abs=0.05)
     card.locator("img.spectrogram").evaluate("img => img.decode()")
     assert card.locator("img.spectrogram").evaluate("img => img.naturalWidth") > 0
     download = card.locator("a.download")
@@ -270,7 +307,7 @@ def test_page_generates_shows_and_plays(page, studio, champion_version, older_ve
     assert cards.count() == 2 and page.is_hidden("#error")
     newest = cards.first
     assert f"version {str(older_version.version)}" in newest.locator("h2").inner_text()
-    assert _audio_duration(page, newest) == pytest.approx(MEL.clip_seconds, abs=0.05)
+    assert _audio_duration(newest) == pytest.approx(MEL.clip_seconds, abs=0.05)
     newest.locator("img.spectrogram").evaluate("img => img.decode()")
     page.screenshot(path=str(artifact_dir() / "studio.png"), full_page=True)
 
@@ -287,7 +324,7 @@ def test_page_plays_the_compressed_formats(page, studio, champion_version, fmt):
     assert page.is_hidden("#error"), page.inner_text("#error")
     card = page.locator(".result").first
     # encoders pad a little (LAME's frames, Opus's pre-skip is in the header): within 0.1 s
-    assert _audio_duration(page, card) == pytest.approx(MEL.clip_seconds, abs=0.1)
+    assert _audio_duration(card) == pytest.approx(MEL.clip_seconds, abs=0.1)
     assert card.locator("a.download").get_attribute("download") == f"technogan-v{champion_version.version}-seed3.{fmt}"
     src = card.locator("audio").get_attribute("src")
     r = requests.get(studio.url + src, timeout=30)
@@ -313,7 +350,7 @@ def test_page_makes_a_long_form_piece_and_shows_the_servers_limit(page, studio, 
     assert page.is_hidden("#error"), page.inner_text("#error")
     card = page.locator(".result").first
     assert "long-form, 8 s" in card.locator("h2").inner_text()
-    assert _audio_duration(page, card) == pytest.approx(8.0, abs=0.05)
+    assert _audio_duration(card) == pytest.approx(8.0, abs=0.05)
     card.locator("img.spectrogram").evaluate("img => img.decode()")
     assert card.locator("img.spectrogram").evaluate("img => img.naturalWidth") > 0
 
