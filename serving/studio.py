@@ -56,7 +56,8 @@ PAGE = Path(__file__).with_name("studio.html")
 MODEL = "technogan"
 SERVED = "served"  # the version choice that means "whatever TorchServe serves"
 AUDIO_FORMATS = ("wav", "mp3", "ogg")  # in the page's order of preference
-KEEP_RESULTS = 24  # generations kept in memory for the page (audio + picture each)
+KEEP_RESULTS = 24  # generations kept in memory for the page (audio + picture each) ...
+KEEP_BYTES = 256 << 20  # ... and no more bytes than this in all (the newest is always kept)
 KEEP_ENGINES = 2  # registry versions kept loaded for in-process generation
 MAX_SEED_DIGITS = 40  # like serving.request: longer is never a seed; the server names the range
 DRAWN_SEED_MAX = 2**53  # seeds the studio draws itself: exact in a JavaScript number
@@ -407,13 +408,10 @@ class Studio:
             elapsed = time.perf_counter() - t0
         except StudioError as e:
             return e.response()
-        rid = secrets.token_hex(8)
         version = audio.headers.get("x-technogan-version") or form.version
         name = f"technogan-v{version}-seed{seed}" + (f"-{form.seconds:g}s" if form.seconds is not None else "")
-        self.results[rid] = Result(audio.body, audio.content_type or f"audio/{form.format}", image.body,
-                                   f"{name}.{form.format}")
-        while len(self.results) > KEEP_RESULTS:
-            self.results.popitem(last=False)
+        rid = self.keep(Result(audio.body, audio.content_type or f"audio/{form.format}", image.body,
+                               f"{name}.{form.format}"))
         return JSONResponse({
             "id": rid, "seed": seed, "mode": form.mode, "seconds": form.seconds, "format": form.format,
             "version": version, "source": source, "elapsed_s": round(elapsed, 3),
@@ -433,6 +431,17 @@ class Studio:
         image = await anyio.to_thread.run_sync(self.versions.generate, form.version, form.body("png", seed))
         audio = await anyio.to_thread.run_sync(self.versions.generate, form.version, form.body(form.format, seed))
         return image, audio, "in-process"
+
+    def keep(self, result: Result, max_results: int = KEEP_RESULTS, max_bytes: int = KEEP_BYTES) -> str:
+        """Keep ``result`` for the page under a new id; the oldest go past ``max_results``
+        or ``max_bytes`` in all (the newest stays, whatever its size)."""
+        rid = secrets.token_hex(8)
+        self.results[rid] = result
+        total = sum(len(r.audio) + len(r.image) for r in self.results.values())
+        while len(self.results) > max_results or (len(self.results) > 1 and total > max_bytes):
+            _, old = self.results.popitem(last=False)
+            total -= len(old.audio) + len(old.image)
+        return rid
 
     async def result(self, request: Request) -> Response:
         res = self.results.get(request.path_params["rid"])

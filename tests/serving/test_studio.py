@@ -91,6 +91,21 @@ def test_server_down_is_an_error_the_page_can_show(down_studio):
     assert down_studio.get("/api/generate").status_code == 405
 
 
+def test_kept_results_are_bounded_in_number_and_bytes(tmp_path):
+    from serving.studio import Result
+
+    studio = Studio("http://127.0.0.1:1", workdir=tmp_path)
+    ids = [studio.keep(Result(b"a" * 10, "audio/wav", b"p", f"{i}.wav"), max_results=3) for i in range(5)]
+    assert list(studio.results) == ids[2:]
+    big = studio.keep(Result(b"b" * 1000, "audio/wav", b"", "big.wav"), max_results=3, max_bytes=500)
+    assert list(studio.results) == [big]  # alone over the bound, but the newest is always kept
+    with TestClient(studio.app) as client:
+        r = client.get(f"/api/results/{big}/audio", headers={"Range": "bytes=990-"})
+        assert r.status_code == 206 and r.content == b"b" * 10 and r.headers["content-range"] == "bytes 990-999/1000"
+        assert client.get(f"/api/results/{big}/audio", headers={"Range": "bytes=2000-"}).status_code == 416
+        assert client.get(f"/api/results/{ids[0]}/audio").status_code == 404
+
+
 def test_cli_refuses_a_bad_url_and_port(capsys):
     from pipeline.cli import main
 
