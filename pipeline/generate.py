@@ -218,6 +218,7 @@ def generate_long_files(checkpoint: str | Path, out: str | Path, seconds: Option
     if from_path is not None and seconds is None:
         piece = regenerate(generator, meta, from_path)
     else:
+        assert seconds is not None  # checked above: without a path to make again, seconds is required
         piece = generate_long(generator, meta, seconds, seed=seed, step=step, anchors=anchors, settings=settings)
     piece.path["checkpoint"] = str(checkpoint)
     out = Path(out)

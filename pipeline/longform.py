@@ -325,6 +325,17 @@ def _piece(mel: np.ndarray, cfg: MelConfig, starts: list[int], tempi: list[float
                      tempo_bpm=float(np.median(clear)) if clear else None, window_tempi=list(tempi))
 
 
+def piece_from_windows(windows: np.ndarray, cfg: MelConfig, settings: Optional[LongformConfig] = None,
+                       total_frames: Optional[int] = None) -> LongPiece:
+    """Windows [K, M, W] from anywhere (consecutive clips of a real track, for a reference)
+    joined exactly as ``generate_long`` joins generated ones."""
+    settings = settings or LongformConfig()
+    mel, starts, shifts, tempi = join_windows(np.asarray(windows, dtype=np.float32), cfg, settings, total_frames)
+    path = {"version": PATH_VERSION, "settings": settings.model_dump(mode="json"), "mel_config": cfg.to_dict(),
+            "windows": [{"index": k, "start_frame": starts[k], "shift_frames": shifts[k]} for k in range(len(starts))]}
+    return _piece(mel, cfg, starts, tempi[:len(starts)], path)
+
+
 def regenerate(generator: torch.nn.Module, meta: dict[str, Any], path: dict[str, Any],
                device: str | torch.device = "cpu") -> LongPiece:
     """The piece a saved ``path`` (``LongPiece.path``, its ``.json``) describes, made again from
@@ -368,12 +379,11 @@ def render_long(piece_or_mel: LongPiece | np.ndarray | torch.Tensor, mel_config:
     ``chunk_frames`` (default ``settings.chunk_seconds``)."""
     from pipeline.audio import MelRenderer
 
-    if isinstance(piece_or_mel, LongPiece):
-        mel, cfg = piece_or_mel.mel, mel_config or piece_or_mel.mel_config
-    else:
-        mel, cfg = piece_or_mel, mel_config
-    if cfg is None:
+    mel = piece_or_mel.mel if isinstance(piece_or_mel, LongPiece) else piece_or_mel
+    chosen = mel_config or (piece_or_mel.mel_config if isinstance(piece_or_mel, LongPiece) else None)
+    if chosen is None:
         raise ValueError("render_long needs the mel config of a bare mel")
+    cfg = chosen
     settings = settings or LongformConfig()
     x = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
     if x.ndim != 2 or x.shape[0] != cfg.n_mels or x.shape[1] < 2:
@@ -399,8 +409,8 @@ def render_long(piece_or_mel: LongPiece | np.ndarray | torch.Tensor, mel_config:
             stop = total  # no sliver of a last chunk
         mag = renderer.stored_magnitude(x[None, :, start:stop])  # [1, F, n]
         length = (stop - start - 1) * hop
-        audio, spec = renderer.griffin_lim(mag, generator, keep=keep, length=length, return_spec=True)
-        audio = audio[0].cpu().numpy()
+        audio_t, spec = renderer.griffin_lim_spec(mag, generator, keep=keep, length=length)
+        audio = audio_t[0].cpu().numpy()
         offset = start * hop
         if keep is None:
             out[offset:offset + length] = audio

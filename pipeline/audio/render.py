@@ -175,22 +175,26 @@ class MelRenderer:
         return istft(spec, self.cfg, length)  # [B, length or clip_samples]
 
     def griffin_lim(self, magnitude: torch.Tensor, generator: torch.Generator | None = None,
-                    keep: torch.Tensor | None = None, length: int | None = None,
-                    return_spec: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                    keep: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
         """Fast Griffin-Lim: STFT magnitude [B, F, T] -> audio [B, length] (not normalised;
         ``length`` defaults to one clip's samples).
 
         ``keep`` (complex [B, F, K], K <= T) holds the first K frames at those values in
         every iteration: a chunk of a long piece continues the chunk before it, whose
         last K frames these are, so the two agree sample for sample where they overlap
-        (``pipeline.longform.render_long``). ``return_spec``: also return the final complex
-        estimate [B, F, T] the audio was made from."""
+        (``pipeline.longform.render_long``)."""
+        return self.griffin_lim_spec(magnitude, generator, keep, length)[0]
+
+    def griffin_lim_spec(self, magnitude: torch.Tensor, generator: torch.Generator | None = None,
+                         keep: torch.Tensor | None = None,
+                         length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``griffin_lim``, returning (audio, the final complex estimate [B, F, T] it was made from)."""
         phase = torch.rand(magnitude.shape, generator=generator, device="cpu").to(self.device) * (2 * math.pi)
         spec = torch.polar(magnitude, phase)  # [B, F, T] complex: magnitude with a random phase
-        k = 0 if keep is None else keep.shape[-1]
-        if k:
-            keep = keep.to(self.device)
-            spec[..., :k] = keep
+        held = None if keep is None else keep.to(self.device)
+        k = 0 if held is None else held.shape[-1]
+        if held is not None:
+            spec[..., :k] = held
         mag = magnitude.unsqueeze(-1)  # [B, F, T, 1] against the real view [B, F, T, 2]
         previous = None
         alpha = self.momentum / (1.0 + self.momentum)
@@ -203,11 +207,10 @@ class MelRenderer:
                 spec = rebuilt.clone()
             torch.sgn(spec, out=spec)  # z / |z| in place: measured 2x faster than z / (|z| + eps)
             torch.view_as_real(spec).mul_(mag)  # complex * real in place through the real view
-            if k:
-                spec[..., :k] = keep
+            if held is not None:
+                spec[..., :k] = held
             previous = rebuilt
-        audio = self._istft(spec, length)
-        return (audio, spec) if return_spec else audio
+        return self._istft(spec, length), spec
 
     @torch.no_grad()
     def render(self, mels: torch.Tensor | np.ndarray) -> torch.Tensor:
