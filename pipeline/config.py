@@ -442,7 +442,7 @@ class LongformConfig(Section):
                                    "(and are crossfaded); with max_shift_seconds under half a window")
     max_shift_seconds: float = Field(0.25, ge=0.0, le=5.0, description="bound on the beat alignment's move of "
                                      "each window (also capped at half a beat of the previous window's tempo)")
-    chunk_seconds: float = Field(10.0, ge=1.0, le=600.0, description="audio rendered per Griffin-Lim chunk: "
+    chunk_seconds: float = Field(30.0, ge=1.0, le=600.0, description="audio rendered per Griffin-Lim chunk: "
                                  "bounds memory whatever the piece's length")
     chunk_overlap_seconds: float = Field(0.5, gt=0.0, le=5.0, description="frames one chunk shares with the "
                                          "next (held fixed there, so the two agree sample for sample)")
