@@ -47,7 +47,9 @@ RUN apt-get update \
 # ---------------------------------------------------------------- final
 # hadolint ignore=DL3006 # base-cpu / base-gpu are stages above, each FROM a pinned tag
 FROM base-${VARIANT}
-# ffmpeg decodes audio (pydub, segment); a Java 17 runtime runs TorchServe's frontend.
+# ffmpeg decodes audio (pydub, segment) and encodes the mp3/ogg answers with libmp3lame and
+# libvorbis (in Debian's build; Ubuntu's comes from the same packaging); a Java 17 runtime
+# runs TorchServe's frontend.
 # hadolint ignore=DL3008 # apt versions: whatever the pinned base's Debian/Ubuntu release ships (security updates stay in)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg openjdk-17-jre-headless \

@@ -27,8 +27,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "pipeline.train.cli", "train one GAN of the study on a mel dataset, tracked in MLflow"),
     ("evaluate", "pipeline.evaluate.evaluate", "score a training run against the real data; metrics to MLflow"),
     ("promote", "pipeline.evaluate.promote", "register the best finished run's generator as the champion"),
-    ("generate", "pipeline.generate", "generate mels as png/wav/npy, or one long-form piece (--seconds), from a "
-                                      "checkpoint, run or alias (no server)"),
+    ("generate", "pipeline.generate", "generate mels as png/wav/mp3/ogg/npy, or one long-form piece (--seconds), "
+                                      "from a checkpoint, run or alias (no server)"),
     ("run", "pipeline.run", "the whole chain from a config preset (the main job)"),
     ("wait", "pipeline.cluster", "wait until Kubernetes Jobs complete (exit 1 if one failed, 124 on timeout)"),
     ("rollout", "pipeline.cluster", "roll the serving Deployment onto an archive (pod-template sha256 annotation)"),

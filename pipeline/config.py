@@ -403,7 +403,7 @@ class ServeConfig(Section):
                                     "(a lone request waits all of it)")
     queue_size: int = Field(1000, ge=1, le=100000, description="requests TorchServe queues before it answers 503")
     response_timeout_s: int = Field(120, ge=1, le=3600, description="a worker busier than this is restarted")
-    wav_gap_seconds: float = Field(0.5, ge=0.0, le=10.0, description="silence between clips of a wav with n > 1")
+    wav_gap_seconds: float = Field(0.5, ge=0.0, le=10.0, description="silence between clips of a wav, mp3 or ogg with n > 1")
     render_iterations: int = Field(16, ge=0, le=1000, description="Griffin-Lim iterations when serving wav")
     render_mel_inverse: Literal["pinv", "nnls"] = Field("nnls", description="mel -> linear inverse when serving wav")
     render_nnls_steps: int = Field(10, ge=0, le=1000, description="NNLS steps when render_mel_inverse is nnls")

@@ -372,11 +372,13 @@ def render_long(piece_or_mel: LongPiece | np.ndarray | torch.Tensor, mel_config:
     """A long normalised mel [M, T] (stored resolution) -> float32 audio [(T - 1) * hop],
     peak-normalised to ``peak``, by fast Griffin-Lim over overlapping chunks.
 
-    Chunk c+1 starts ``overlap_frames`` before chunk c ends and holds those frames at chunk
-    c's final complex spectrum in every iteration, so both chunks give the same samples
-    there (away from the outermost ``n_fft / hop / 2`` frames, which depend on frames
-    outside the overlap); the two are crossfaded over that interior. Memory is bounded by
-    ``chunk_frames`` (default ``settings.chunk_seconds``)."""
+    Chunk c+1 starts ``overlap_frames`` before chunk c ends, starts those frames at chunk
+    c's final complex spectrum and holds all but the last ``n_fft / hop`` of them there in
+    every iteration (chunk c's own last frames are its least consistent: holding them
+    would put chunk c's edge inside chunk c+1), so both chunks give the same samples over
+    the held frames (away from the outermost ``n_fft / hop / 2``, which feel frames outside
+    them); the two are crossfaded over that interior. Memory is bounded by ``chunk_frames``
+    (default ``settings.chunk_seconds``)."""
     from pipeline.audio import MelRenderer
 
     mel = piece_or_mel.mel if isinstance(piece_or_mel, LongPiece) else piece_or_mel
@@ -393,7 +395,9 @@ def render_long(piece_or_mel: LongPiece | np.ndarray | torch.Tensor, mel_config:
     chunk = chunk_frames or seconds_to_frames(settings.chunk_seconds, cfg)
     overlap = overlap_frames or max(1, int(round(settings.chunk_overlap_seconds / frame_seconds(cfg))))
     margin = -(-cfg.n_fft // (2 * hop))  # frames at a chunk's edge that feel frames outside it
-    overlap = max(overlap, 2 * margin + 2)
+    edge = 2 * margin  # the previous chunk's last frames: a start for the next, not held
+    overlap = max(overlap, edge + 2 * margin + 2)
+    hold = overlap - edge
     if chunk <= 2 * overlap:
         raise ValueError(f"chunk of {chunk} frames must be over twice its overlap ({overlap})")
     renderer = MelRenderer(cfg, n_iter=n_iter, mel_inverse=mel_inverse, nnls_steps=nnls_steps, device=device,
@@ -409,14 +413,15 @@ def render_long(piece_or_mel: LongPiece | np.ndarray | torch.Tensor, mel_config:
             stop = total  # no sliver of a last chunk
         mag = renderer.stored_magnitude(x[None, :, start:stop])  # [1, F, n]
         length = (stop - start - 1) * hop
-        audio_t, spec = renderer.griffin_lim_spec(mag, generator, keep=keep, length=length)
+        init = None if keep is None else _continued(keep[..., :hold], mag, cfg)
+        audio_t, spec = renderer.griffin_lim_spec(mag, generator, keep=init, length=length, hold=hold)
         audio = audio_t[0].cpu().numpy()
         offset = start * hop
         if keep is None:
             out[offset:offset + length] = audio
         else:
             # both chunks agree inside the held frames: crossfade over that interior
-            a, b = fade_from, (start + keep.shape[-1] - margin) * hop
+            a, b = fade_from, (start + hold - margin) * hop
             w = (0.5 - 0.5 * np.cos(np.pi * (np.arange(b - a) + 0.5) / (b - a))).astype(np.float32)
             out[a:b] = out[a:b] * (1.0 - w) + audio[a - offset:b - offset] * w
             out[b:offset + length] = audio[b - offset:]
@@ -430,6 +435,21 @@ def render_long(piece_or_mel: LongPiece | np.ndarray | torch.Tensor, mel_config:
     if top > 1e-9:
         out *= peak / top
     return out
+
+
+def _continued(held: torch.Tensor, mag: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """A chunk's starting spectrum [B, F, n]: the ``held`` frames [B, F, K] of the chunk before,
+    then the chunk's magnitude with each bin's phase running on at the rate it ran over the
+    last two held frames (a phase vocoder's extrapolation). Random phases next to held ones
+    leave a seam that a few Griffin-Lim iterations do not close; a continued phase does not."""
+    k, n = held.shape[-1], mag.shape[-1]
+    bins = torch.arange(mag.shape[-2], dtype=torch.float64, device=mag.device)[:, None]  # [F, 1]
+    nominal = 2 * math.pi * bins * cfg.hop_length / cfg.n_fft  # a bin's centre frequency, radians per hop
+    last, before = torch.angle(held[..., k - 1:k]).double(), torch.angle(held[..., k - 2:k - 1]).double()
+    deviation = torch.remainder(last - before - nominal + math.pi, 2 * math.pi) - math.pi
+    steps = torch.arange(1, n - k + 1, dtype=torch.float64, device=mag.device)  # [n - k]
+    phase = last + (nominal + deviation) * steps  # [B, F, n - k]
+    return torch.cat([held, torch.polar(mag[..., k:], phase.float())], dim=-1)
 
 
 def path_json(piece: LongPiece) -> str:

@@ -9,7 +9,7 @@ The body is an optional JSON object, typed by ``RequestBody`` (pydantic, strict)
 - ``n``: how many spectrograms, 1..serve.max_n (default 1, or the number of latents);
 - ``seed``: integer seed for the latents, 0..2^63-1 (default: a fresh random seed, reported back);
 - ``latents``: explicit latent vectors, a list of ``n`` lists of ``latent_dim`` finite numbers;
-- ``format``: ``json`` (default), ``npy``, ``png``, ``wav``, ``mp3`` or ``ogg`` (Opus).
+- ``format``: ``json`` (default), ``npy``, ``png``, ``wav``, ``mp3`` or ``ogg`` (Vorbis).
 - ``seconds``: one continuous long-form piece of this many seconds (5..serve.max_seconds)
   instead of separate clips (``pipeline.longform``); not with ``n`` > 1 nor with more than
   one row of ``latents`` (one row is the piece's one anchor latent).
@@ -41,7 +41,7 @@ FORMATS: dict[str, str] = {
     "png": "image/png",
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
-    "ogg": "audio/ogg; codecs=opus",
+    "ogg": "audio/ogg; codecs=vorbis",
 }
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes any 64-bit value; keep it signed-safe
 # Latent values whose magnitude float32 cannot hold (3.4e38) would become inf in the generator

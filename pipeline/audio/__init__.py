@@ -1,5 +1,5 @@
 """Audio from mel spectrograms: ``MelRenderer`` (fast Griffin-Lim in torch), and files of it:
-WAV (``wav_bytes``), MP3 and Ogg Opus (``encode_audio``, through ffmpeg)."""
+WAV (``wav_bytes``), MP3 and Ogg Vorbis (``encode_audio``, through ffmpeg)."""
 
 from pipeline.audio.encode import (AUDIO_FORMATS, CONTENT_TYPES, EXTENSIONS, EncodeError, encode_audio,
                                    write_audio)

@@ -1,11 +1,11 @@
-"""Audio clips -> the bytes of a WAV, MP3 or Ogg (Opus) file, for files and HTTP answers.
+"""Audio clips -> the bytes of a WAV, MP3 or Ogg Vorbis file, for files and HTTP answers.
 
 ``encode_audio(audio, sample_rate, fmt)`` joins the clips the way ``wav_bytes`` does
 (one after another, ``gap_seconds`` of silence between) and returns one file's bytes:
 
 - ``wav``: ``wav_bytes`` itself (16-bit PCM, no ffmpeg needed);
 - ``mp3``: LAME (ffmpeg's ``libmp3lame``), constant bitrate ``MP3_BITRATE``;
-- ``ogg``: Opus in Ogg (ffmpeg's ``libopus``), ``OPUS_BITRATE``, resampled to 48 kHz.
+- ``ogg``: Vorbis in Ogg (ffmpeg's ``libvorbis``), variable bitrate at ``VORBIS_QUALITY``.
 
 The compressed formats go through the ``ffmpeg`` command over pipes: float32 PCM on
 its stdin, the file on its stdout, nothing on disk. Reading and writing happen in one
@@ -15,25 +15,29 @@ ffmpeg's stderr keeps only its last ``STDERR_TAIL`` bytes, and a run past its ti
 is killed. Every failure (no ffmpeg, an encoder missing from the build, a timeout)
 raises ``EncodeError`` naming what ffmpeg said.
 
-Why Opus rather than Vorbis for ``ogg``: on a minute of rendered techno at 22.05 kHz
-(``benchmarks/bench_audio.py --formats``), Opus at 48 kbps is 0.37 MB with a mel-domain
-error of 0.41 dB against the WAV, Vorbis needs 0.46 MB (q 2, ~60 kbps; the lowest
-qualities of libvorbis at 22.05 kHz mono do not go below ~45 kbps) for 0.43 dB; Opus
-is the newer codec every current browser plays, and its Ogg pre-skip and end
-granule make the decoded length exact (tested), which MP3 cannot say over a pipe.
+Measured on a minute of rendered techno at 22.05 kHz (what ``generate`` and the server
+encode), the codec's error as the mean absolute difference of the project's log-mel
+(dB, cell by cell; Griffin-Lim's own error on this measure is ~1 dB, 16-bit WAV's
+0.003 dB), size for the minute (WAV: 2646 kB):
 
-Why these bitrates: the mel config keeps nothing above ``fmax`` (11.025 kHz at
-22.05 kHz), the audio is mono and Griffin-Lim's own error (spectral convergence
-~0.27, ``pipeline.audio.render``) dwarfs a codec's at these rates; 64 kbps MP3 and
-48 kbps Opus keep the codec's mel error under half a dB (measured as above) while a
-minute is ~0.5 MB and ~0.36 MB instead of WAV's 2.6 MB. Constant bitrate for MP3:
-over a pipe ffmpeg cannot go back to write the Xing/LAME header, and without it a
-browser estimates a VBR file's duration from its first frame, wrongly; a CBR file's
-duration is its size over its bitrate.
+    MP3 (CBR)      48 kbps 360 kB 1.11 dB | 64 kbps 480 kB 0.75 dB | 96 kbps 721 kB 0.47 dB
+    Opus (48 kHz)  32 kbps 278 kB 1.87 dB | 48 kbps 405 kB 1.30 dB | 64 kbps 552 kB 0.68 dB
+    Vorbis         q2      309 kB 1.19 dB | q3      348 kB 1.00 dB | q4      389 kB 0.82 dB
+
+Why Vorbis rather than Opus for ``ogg``: at the error of 64 kbps MP3, Vorbis q4 is
+389 kB where Opus needs ~550 kB (its VBR overshoots the asked bitrate on this
+material: 48k gave 54 kbps), Vorbis encodes at the mel config's rate (Opus runs at
+48 kHz only: a resampling each way) and was the faster encoder here. Both keep the exact
+length (Ogg's granule positions: tested). Why these settings: they keep the codec's
+error under Griffin-Lim's own, so what a listener hears is the generator, not the
+codec; the mel config keeps nothing above ``fmax`` and the audio is mono, which is why
+~50-64 kbps suffices. Constant bitrate for MP3: over a pipe ffmpeg cannot go back to
+write the Xing/LAME header, and without it a browser estimates a VBR file's duration
+from its first frame, wrongly; a CBR file's duration is its size over its bitrate.
 
 MP3's one wart: without that header nothing tells a decoder to drop LAME's encoder
 delay, so a decoded MP3 starts with ``MP3_DELAY_SAMPLES`` of silence (50 ms at
-22.05 kHz) and ends padded to a whole frame. WAV and Ogg Opus decode to the exact length.
+22.05 kHz) and ends padded to a whole frame. WAV and Ogg Vorbis decode to the exact length.
 """
 
 from __future__ import annotations
@@ -43,8 +47,6 @@ import selectors
 import subprocess
 import time
 
-import numpy as np
-
 from pipeline.ffmpeg import ffmpeg_binary, ffmpeg_complaint
 
 AUDIO_FORMATS = ("wav", "mp3", "ogg")
@@ -52,15 +54,14 @@ AUDIO_FORMATS = ("wav", "mp3", "ogg")
 CONTENT_TYPES: dict[str, str] = {
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
-    "ogg": "audio/ogg; codecs=opus",
+    "ogg": "audio/ogg; codecs=vorbis",
 }
 EXTENSIONS: dict[str, str] = {"wav": ".wav", "mp3": ".mp3", "ogg": ".ogg"}
 
 MP3_BITRATE = "64k"
-OPUS_BITRATE = "48k"
+VORBIS_QUALITY = "4"  # libvorbis -q (0..10): ~52 kbps for mono 22.05 kHz techno
 # the rates LAME encodes; any other input rate is resampled to the next one up
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-OPUS_RATE = 48000  # Opus's native rate: decoders give 48 kHz whatever went in
 # LAME's encoder delay (576) plus the MP3 decoder's (529), in samples at the file's rate
 MP3_DELAY_SAMPLES = 1105
 
@@ -84,9 +85,7 @@ def _codec_args(fmt: str, sample_rate: int) -> list[str]:
         return ["-ar", str(mp3_rate(sample_rate)), "-c:a", "libmp3lame", "-b:a", MP3_BITRATE,
                 "-write_xing", "0", "-f", "mp3"]
     if fmt == "ogg":
-        # explicit resampling with FFmpeg's soxr-quality default (swr); libopus would refuse 22.05 kHz
-        return ["-ar", str(OPUS_RATE), "-c:a", "libopus", "-b:a", OPUS_BITRATE, "-application", "audio",
-                "-f", "ogg"]
+        return ["-c:a", "libvorbis", "-q:a", VORBIS_QUALITY, "-f", "ogg"]
     raise ValueError(f"format {fmt!r} unknown; choose one of {', '.join(AUDIO_FORMATS)}")
 
 
@@ -127,13 +126,14 @@ def _run(cmd: list[str], pcm: bytes, fmt: str, timeout_s: float) -> bytes:
     deadline = time.monotonic() + timeout_s
     why = ""
     assert proc.stdin and proc.stdout and proc.stderr  # all three are pipes
+    fd_in, fd_out, fd_err = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
     with selectors.DefaultSelector() as sel:
-        for f in (proc.stdout, proc.stderr):
-            os.set_blocking(f.fileno(), False)
-            sel.register(f, selectors.EVENT_READ)
+        for fd in (fd_out, fd_err):
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
         if pcm:
-            os.set_blocking(proc.stdin.fileno(), False)
-            sel.register(proc.stdin, selectors.EVENT_WRITE)
+            os.set_blocking(fd_in, False)
+            sel.register(fd_in, selectors.EVENT_WRITE)
         else:
             proc.stdin.close()
         while sel.get_map():
@@ -142,20 +142,20 @@ def _run(cmd: list[str], pcm: bytes, fmt: str, timeout_s: float) -> bytes:
                 why = f"ffmpeg did not finish within {timeout_s:g} s"
                 break
             for key, _ in sel.select(left):
-                f = key.fileobj
-                if f is proc.stdin:
+                fd = key.fd
+                if fd == fd_in:
                     try:
-                        sent += os.write(f.fileno(), view[sent:sent + CHUNK])
+                        sent += os.write(fd, view[sent:sent + CHUNK])
                     except BrokenPipeError:  # ffmpeg gave up reading: its stderr says why
                         sent = len(pcm)
                     if sent >= len(pcm):
-                        sel.unregister(f)
-                        f.close()
+                        sel.unregister(fd)
+                        proc.stdin.close()  # end of input: ffmpeg flushes and exits
                     continue
-                chunk = os.read(f.fileno(), CHUNK)
+                chunk = os.read(fd, CHUNK)
                 if not chunk:
-                    sel.unregister(f)
-                elif f is proc.stdout:
+                    sel.unregister(fd)
+                elif fd == fd_out:
                     out += chunk
                 else:
                     err += chunk

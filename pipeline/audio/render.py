@@ -175,26 +175,28 @@ class MelRenderer:
         return istft(spec, self.cfg, length)  # [B, length or clip_samples]
 
     def griffin_lim(self, magnitude: torch.Tensor, generator: torch.Generator | None = None,
-                    keep: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
+                    keep: torch.Tensor | None = None, length: int | None = None,
+                    hold: int | None = None) -> torch.Tensor:
         """Fast Griffin-Lim: STFT magnitude [B, F, T] -> audio [B, length] (not normalised;
         ``length`` defaults to one clip's samples).
 
-        ``keep`` (complex [B, F, K], K <= T) holds the first K frames at those values in
-        every iteration: a chunk of a long piece continues the chunk before it, whose
-        last K frames these are, so the two agree sample for sample where they overlap
-        (``pipeline.longform.render_long``)."""
-        return self.griffin_lim_spec(magnitude, generator, keep, length)[0]
+        ``keep`` (complex [B, F, K], K <= T) starts the first K frames at those values and
+        holds the first ``hold`` of them (default all) there in every iteration: a chunk of
+        a long piece continues the chunk before it, whose last K frames these are, so the
+        two agree sample for sample where they overlap (``pipeline.longform.render_long``)."""
+        return self.griffin_lim_spec(magnitude, generator, keep, length, hold)[0]
 
     def griffin_lim_spec(self, magnitude: torch.Tensor, generator: torch.Generator | None = None,
-                         keep: torch.Tensor | None = None,
-                         length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         keep: torch.Tensor | None = None, length: int | None = None,
+                         hold: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``griffin_lim``, returning (audio, the final complex estimate [B, F, T] it was made from)."""
         phase = torch.rand(magnitude.shape, generator=generator, device="cpu").to(self.device) * (2 * math.pi)
         spec = torch.polar(magnitude, phase)  # [B, F, T] complex: magnitude with a random phase
-        held = None if keep is None else keep.to(self.device)
-        k = 0 if held is None else held.shape[-1]
-        if held is not None:
-            spec[..., :k] = held
+        start = None if keep is None else keep.to(self.device)
+        if start is not None:
+            spec[..., :start.shape[-1]] = start
+        k = 0 if start is None else (start.shape[-1] if hold is None else min(int(hold), start.shape[-1]))
+        held = start[..., :k] if start is not None and k else None
         mag = magnitude.unsqueeze(-1)  # [B, F, T, 1] against the real view [B, F, T, 2]
         previous = None
         alpha = self.momentum / (1.0 + self.momentum)

@@ -37,6 +37,50 @@ def test_generate_writes_png_wav_npy(tmp_path, mel_config):
     assert json.loads((out / "generate.json").read_text())["seed"] == 7
 
 
+def test_generate_cli_writes_mp3_and_ogg_of_the_same_audio_as_the_wav(tmp_path, mel_config, capsys):
+    from pipeline.audio.encode import MP3_DELAY_SAMPLES
+    from pipeline.decode import open_audio
+
+    ckpt = make_checkpoint(tmp_path / "g.pt", resolution=32)
+    out = tmp_path / "gen"
+    assert cli_main(["generate", "--checkpoint", str(ckpt), "--n", "2", "--format", "wav,MP3, ogg", "--seed", "3",
+                     "--iterations", "2", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["generate.json", *(f"{stem}.{ext}" for stem in ("clip-000", "clip-001", "all")
+                                                for ext in ("wav", "mp3", "ogg"))])
+    assert sorted(capsys.readouterr().out.split()) == sorted(str(out / n) for n in names)
+    n, gap = mel_config.clip_samples, mel_config.sample_rate // 2
+
+    def decoded(name):
+        _, blocks = open_audio(out / name, mel_config.sample_rate)
+        return np.concatenate(list(blocks.blocks))
+
+    wav = decoded("all.wav")
+    assert len(wav) == 2 * n + gap
+    ogg, mp3 = decoded("all.ogg"), decoded("all.mp3")[MP3_DELAY_SAMPLES:]
+    assert len(ogg) == len(wav) and len(wav) <= len(mp3) < len(wav) + 576
+    for y in (ogg, mp3):  # the same rendering (one Griffin-Lim pass for every format): same loudness per clip
+        for k in range(2):
+            a, b = y[k * (n + gap):k * (n + gap) + n], wav[k * (n + gap):k * (n + gap) + n]
+            assert abs(np.sqrt(np.mean(a ** 2)) - np.sqrt(np.mean(b ** 2))) < 0.2 * np.sqrt(np.mean(b ** 2))
+    assert (out / "clip-001.ogg").read_bytes()[:4] == b"OggS"
+    assert (out / "all.mp3").stat().st_size < (out / "all.wav").stat().st_size / 4
+    assert json.loads((out / "generate.json").read_text())["files"][-1] == "all.ogg"
+
+
+def test_generate_with_a_failing_ffmpeg_is_a_user_error(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho \"[out#0 @ 0x55] Unknown encoder 'libvorbis'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    ckpt = make_checkpoint(tmp_path / "g.pt", resolution=32)
+    assert cli_main(["generate", "--checkpoint", str(ckpt), "--n", "1", "--format", "ogg", "--iterations", "1",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "--format ogg: cannot encode ogg: ffmpeg exited with 1: Unknown encoder 'libvorbis'" in capsys.readouterr().err
+    assert not list((tmp_path / "o").glob("*.ogg"))
+
+
 def test_a_seed_means_the_same_clips_offline_and_on_the_server(tmp_path):
     """generate, evaluate and the TorchServe engine draw latents the same way."""
     import torch
@@ -70,7 +114,7 @@ def test_generate_cli_from_a_run_and_bad_formats(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "o" / "clip-001.wav").is_file() and not (tmp_path / "o" / "mels.png").exists()
     assert cli_main(["generate", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.pt" in capsys.readouterr().err
-    with pytest.raises(UserError, match="mp4"):
+    with pytest.raises(UserError, match="mp4; choose from png, wav, mp3, ogg, npy"):
         parse_formats("png,mp4")
 
 

@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 from pipeline.generate import latents_for_seed
 from pipeline.longform import (best_shift, generate_long, join_windows, path_latents, regenerate, render_long,
                                seconds_to_frames, slerp)
-from pipeline.mel import db_to_normalised, normalised_to_db, stft
+from pipeline.mel import db_to_normalised, normalised_to_db
 from tests.tracking.eval_runs import make_checkpoint
 
 CFG = MelConfig()
@@ -179,11 +179,12 @@ def _tone_mel(seconds: float) -> tuple[np.ndarray, np.ndarray]:
     return db_to_normalised(long_mel_db(audio, CFG), CFG), audio
 
 
-def _high_band_energy(audio: np.ndarray) -> np.ndarray:
-    """Per frame, the energy above 3 kHz: a steady low chord has none, a click a lot."""
-    spec = stft(torch.from_numpy(audio)[None], CFG)[0].abs() ** 2  # [F, T]
-    lo = int(3000 / (CFG.sample_rate / CFG.n_fft))
-    return spec[lo:].sum(dim=0).numpy()
+def _roughness(audio: np.ndarray, block: int = 256) -> np.ndarray:
+    """Per block of samples, the largest second difference: a steady low chord is smooth,
+    a phase jump or click is not."""
+    d2 = np.abs(np.diff(audio / np.abs(audio).max(), 2))
+    n = len(d2) // block
+    return d2[:n * block].reshape(n, block).max(axis=1)
 
 
 def _naive_chunks(mel: np.ndarray, chunk: int) -> np.ndarray:
@@ -198,8 +199,8 @@ def _naive_chunks(mel: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def test_chunked_rendering_has_no_clicks_and_matches_the_one_shot_rendering():
-    mel, audio = _tone_mel(9.0)
-    chunk = 96
+    mel, audio = _tone_mel(6.0)
+    chunk = 64
     chunked = render_long(mel, CFG, n_iter=8, chunk_frames=chunk, overlap_frames=16)
     one_shot = render_long(mel, CFG, n_iter=8, chunk_frames=mel.shape[1] + 1)
     assert chunked.shape == one_shot.shape == ((mel.shape[1] - 1) * CFG.hop_length,)
@@ -209,23 +210,22 @@ def test_chunked_rendering_has_no_clicks_and_matches_the_one_shot_rendering():
     sc_chunked = spectral_convergence(audio[:n], chunked, CFG)[0]
     sc_one = spectral_convergence(audio[:n], one_shot, CFG)[0]
     assert sc_chunked < sc_one + 0.05, (sc_chunked, sc_one)
-    # no click where chunks meet: the high band there is as quiet as elsewhere ...
+    # no click or phase jump where chunks meet: as smooth there as elsewhere ...
     joins = [a * CFG.hop_length for a in range(chunk - 16, mel.shape[1], chunk - 16)]
 
     def worst_join(x: np.ndarray, at: list[int]) -> float:
-        hf = _high_band_energy(x)
-        near = np.zeros(len(hf), bool)
-        for s in at:
-            f = s // CFG.hop_length
-            near[max(0, f - 24):f + 24] = True
-        return float(hf[near].max() / np.median(hf[~near][4:-4]))
+        """The roughest block where chunks meet (and just around) against the median block."""
+        r = _roughness(x)
+        near = np.zeros(len(r), bool)
+        for sample in at:
+            near[max(0, sample // 256 - 8):sample // 256 + 40] = True
+        near[:16] = near[-16:] = False  # the chord starts and stops abruptly at the very ends
+        return float(r[near].max() / np.median(r))
 
-    assert worst_join(chunked, joins) < 3.0
+    assert worst_join(chunked, joins) < 2.5
     # ... while chunks rendered on their own click where they meet (the measure can fail)
     naive = _naive_chunks(mel, chunk)
-    assert worst_join(naive, list(range(chunk * CFG.hop_length, len(naive), chunk * CFG.hop_length))) > 10.0
-    # deterministic for a seed
-    assert np.array_equal(chunked, render_long(mel, CFG, n_iter=8, chunk_frames=chunk, overlap_frames=16))
+    assert worst_join(naive, list(range(chunk * CFG.hop_length, len(naive), chunk * CFG.hop_length))) > 5.0
 
 
 def test_render_long_refuses_a_mel_of_the_wrong_shape():
@@ -313,6 +313,26 @@ def test_generate_seconds_writes_one_piece_and_its_path_remakes_it(tiny, tmp_pat
     assert cli_main(["generate", "--checkpoint", str(ckpt), "--from-path", str(out / "piece.json"),
                      "--format", "npy", "--out", str(again)]) == 0
     assert np.array_equal(np.load(again / "piece.npy"), mel)
+
+
+def test_generate_seconds_writes_the_piece_in_each_audio_format(tiny, tmp_path):
+    from pipeline.audio.encode import MP3_DELAY_SAMPLES
+    from pipeline.decode import open_audio
+
+    ckpt, _, _ = tiny
+    out = tmp_path / "piece"
+    assert cli_main(["generate", "--checkpoint", str(ckpt), "--seconds", "6", "--seed", "2", "--iterations", "2",
+                     "--format", "wav,mp3,ogg", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["piece.json", "piece.mp3", "piece.ogg", "piece.wav"]
+
+    def samples(name):
+        _, blocks = open_audio(out / name, CFG.sample_rate)
+        return sum(len(b) for b in blocks.blocks)
+
+    wav = samples("piece.wav")
+    assert samples("piece.ogg") == wav  # Ogg Vorbis: the exact length
+    assert wav + MP3_DELAY_SAMPLES <= samples("piece.mp3") < wav + MP3_DELAY_SAMPLES + 576  # LAME's delay, a frame
+    assert (out / "piece.mp3").stat().st_size < (out / "piece.wav").stat().st_size / 4
 
 
 @pytest.mark.parametrize("args,message", [

@@ -56,7 +56,7 @@ def test_audio_formats_are_the_encoders_with_its_content_types():
     assert set(ENCODERS) == set(FORMATS) >= set(AUDIO_FORMATS)
     assert {f: FORMATS[f] for f in AUDIO_FORMATS} == CONTENT_TYPES
     assert parse_request(body(format="MP3"), LIMITS).format == "mp3"
-    assert parse_request(body(format="ogg"), LIMITS).content_type == "audio/ogg; codecs=opus"
+    assert parse_request(body(format="ogg"), LIMITS).content_type == "audio/ogg; codecs=vorbis"
 
 
 def test_an_unknown_format_lists_the_formats():
