@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("models", "pipeline.models.summary", "print a model's layers as the study's figures (Conv2d-1, ...)"),
     ("package", "serving.package", "build model-store/technogan.mar from the champion, a run or a checkpoint"),
     ("serve", "serving.serve", "serve technogan.mar with TorchServe on 127.0.0.1 until Ctrl-C"),
+    ("studio", "serving.studio", "a web page to generate, see and hear the served model (and older versions)"),
     ("gate", "serving.gate", "the POST-only gate in front of TorchServe's inference port (the chart's server)"),
     ("train", "pipeline.train.cli", "train one GAN of the study on a mel dataset, tracked in MLflow"),
     ("evaluate", "pipeline.evaluate.evaluate", "score a training run against the real data; metrics to MLflow"),

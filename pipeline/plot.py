@@ -46,7 +46,8 @@ def plot_mel_grid(mels, mel_config: MelConfig, path: str | Path | None = None, t
     nrows = math.ceil(n / ncols)
     seconds = cfg.n_frames * cfg.hop_length / cfg.sample_rate
     tick_pos, tick_labels = _hz_ticks(cfg)
-    fig = Figure(figsize=(3.2 * ncols + 1.2, 2.4 * nrows + (0.5 if title else 0.1)), dpi=100)
+    fig = Figure(figsize=(3.2 * ncols + 1.2, 2.4 * nrows + (0.5 if title else 0.1)), dpi=100,
+                 layout="constrained")  # room for the axis labels: a lone clip lost its "Time (s)"
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     image = None
     for k, ax in enumerate(axes.flat):

@@ -157,6 +157,8 @@ class TechnoganHandler(BaseHandler):
             self.context.set_response_content_type(idx, request.content_type)
             # how many requests shared this handler call: lets clients (and tests) see batching work
             self.context.set_response_header(idx, "X-Technogan-Batch", str(len(data)))
+            # the registry version the archive was packaged from: the studio tells it from older ones
+            self.context.set_response_header(idx, "X-Technogan-Version", str(self.description.get("version", "")))
             if seed is not None:
                 self.context.set_response_header(idx, "X-Technogan-Seed", str(seed))
             out.append(body)

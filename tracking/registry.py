@@ -168,6 +168,54 @@ def champion_checkpoint(dst: str | os.PathLike | None = None, name: str = DEFAUL
     return download_checkpoint(mv.run_id, version_checkpoint(mv), dst=dst, uri=uri), mv
 
 
+def list_versions(name: str = DEFAULT_MODEL_NAME, uri: str | None = None) -> list[dict[str, Any]]:
+    """Every registered version of ``name``, newest first, as plain dicts: ``version``,
+    ``aliases``, ``run_id``, ``model`` (the run's model name when tagged), ``checkpoint``
+    (which of the run's checkpoints) and ``created`` (ms since the epoch). An empty list
+    when the model is not registered."""
+    client = get_client(uri)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except Exception as e:  # the model is not registered at all
+        log.debug("registry: no versions of %s: %s", name, e)
+        return []
+    try:
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (client.get_registered_model(name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+    except Exception:  # aliases are a label, never a reason to list nothing
+        aliases = {}
+    rows = []
+    models: dict[str, str | None] = {}
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        if mv.run_id not in models:
+            try:
+                models[mv.run_id] = client.get_run(mv.run_id).data.tags.get(MODEL_TAG)
+            except Exception:  # a deleted run: the version is still listed
+                models[mv.run_id] = None
+        rows.append({"version": str(mv.version), "aliases": sorted(set(aliases.get(str(mv.version), []))
+                                                                  | set(getattr(mv, "aliases", None) or [])),
+                     "run_id": mv.run_id, "model": models[mv.run_id],
+                     "checkpoint": version_checkpoint(mv), "created": mv.creation_timestamp})
+    return rows
+
+
+def version_checkpoint_file(version: str, dst: str | os.PathLike, name: str = DEFAULT_MODEL_NAME,
+                            uri: str | None = None) -> tuple[Path, Any]:
+    """(local generator checkpoint, ModelVersion) of registered ``version`` of ``name``;
+    UserError when there is no such version."""
+    from pipeline.errors import UserError
+    from tracking.runs import download_checkpoint
+
+    client = get_client(uri)
+    try:
+        mv = client.get_model_version(name, str(version))
+    except Exception as e:
+        raise UserError(f"registered model {name!r} has no version {version!r} in {client.tracking_uri}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    return download_checkpoint(mv.run_id, version_checkpoint(mv), dst=dst, uri=uri), mv
+
+
 def version_checkpoint(mv: Any) -> str:
     """Which of its run's generator checkpoints a version stands for (``latest``, ``best``, an
     epoch number), from its ``checkpoint`` tag; versions without the tag stand for latest."""
@@ -175,5 +223,6 @@ def version_checkpoint(mv: Any) -> str:
     return Path(path).stem.removeprefix("generator-").removeprefix("epoch-")
 
 
-__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "version_checkpoint", "ensure_experiment",
-           "finished_runs", "register_generator", "resolve_alias", "version_of_run"]
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "version_checkpoint", "version_checkpoint_file",
+           "ensure_experiment",
+           "finished_runs", "list_versions", "register_generator", "resolve_alias", "version_of_run"]
