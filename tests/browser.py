@@ -2,9 +2,8 @@
 
 ``make test`` installs the ``chromium`` package (Makefile, ``BROWSER=1``); Playwright's own
 browser downloads are never used (no internet in CI), so the executable is given explicitly.
-Use the ``page`` fixture (import it into a test module or a conftest)::
-
-    from tests.browser import page  # noqa: F401
+The ``browser`` and ``page`` fixtures are registered for every test (``pytest_plugins`` in
+tests/conftest.py)::
 
     def test_x(page):
         page.goto(url)

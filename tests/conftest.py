@@ -8,11 +8,14 @@ import pytest
 
 from pipeline.config import MelConfig, SegmentConfig
 
+pytest_plugins = ("tests.browser",)  # the browser/page fixtures of the browser tests
+
 # The fast tier (`make test-fast`, `pytest -m "not slow"`) leaves out every test that trains
 # a generator, starts a server (TorchServe, mlflow server) or runs several processes:
 # those marked slow by hand, those using a fixture below, and whole modules below.
 SLOW_FIXTURES = {"trained_run", "champion_version", "model_store", "unpacked_archive", "handler",
-                 "small_store", "good_checkpoint", "runs", "encoder_dir", "server", "module_server"}
+                 "small_store", "good_checkpoint", "runs", "encoder_dir", "server", "module_server",
+                 "browser", "page"}
 SLOW_MODULES = {"test_train", "test_train_ddp", "test_runs_server", "test_server", "test_demo",
                 "test_chart_local", "test_mlflow_concurrency", "test_evaluate_run", "test_runs",
                 "test_registry", "test_mlflow_ui"}

@@ -86,6 +86,9 @@ def log_generator_model(run_id: str, checkpoint: str | os.PathLike, which: str =
     try:
         with tempfile.TemporaryDirectory(prefix="technogan-model-") as tmp:
             path = Path(tmp) / "model"
+            facts: dict[str, Any] = {"checkpoint": which, "mel_config": mel.to_dict(),
+                                     **{k: meta[k] for k in ("model", "resolution", "latent_dim", "step", "epoch")
+                                        if k in meta}}
             description = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
                                 model_id=model.model_id)
             mlflow.pyfunc.save_model(
@@ -93,9 +96,7 @@ def log_generator_model(run_id: str, checkpoint: str | os.PathLike, which: str =
                 artifacts={"generator": str(checkpoint)}, code_paths=[str(PIPELINE_DIR)],
                 signature=signature(mel.shape), input_example=pd.DataFrame({"seed": [0]}),
                 pip_requirements=requirements(),
-                metadata={"technogan": {"checkpoint": which, "mel_config": mel.to_dict(),
-                                        **{k: meta[k] for k in ("model", "resolution", "latent_dim", "step",
-                                                                 "epoch") if k in meta}}})
+                metadata={"technogan": facts})
             for cache in list(path.rglob("__pycache__")):  # bytecode of this machine's Python: not the model's
                 shutil.rmtree(cache, ignore_errors=True)
             client.log_model_artifacts(model.model_id, str(path))

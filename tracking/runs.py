@@ -153,7 +153,9 @@ def dataset_entity(path: str | os.PathLike, fingerprint: str, profile: Mapping[s
     with warnings.catch_warnings():  # MLflow 3.17 registers its local source twice and warns that it is ambiguous
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(Path(where).resolve()) if "://" not in where else where)
-    fields = MetaDataset(source, name=name or Path(where.rstrip("/")).name or "dataset",
+    # MetaDataset is concrete at runtime (profile is a property returning None); mypy sees
+    # the abstract base's declaration
+    fields = MetaDataset(source, name=name or Path(where.rstrip("/")).name or "dataset",  # type: ignore[abstract]
                          digest=fingerprint).to_dict()
     fields["profile"] = json.dumps(dict(profile), sort_keys=True, default=str)
     if mel_shape is not None:

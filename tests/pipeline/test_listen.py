@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import ListenConfig
 from pipeline.listen import MIME_TYPES, PAGE_NAME, build_page, headline_from_metrics, headline_from_report
-from tests.browser import artifact_dir, browser, page  # noqa: F401
+from tests.browser import artifact_dir
 from tests.tracking.eval_runs import artifacts, make_checkpoint, make_run, store_uri
 
 # cheap: a handful of clips, few Griffin-Lim iterations

@@ -18,7 +18,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2 for it
 from pipeline.config import MelConfig, ServeConfig
 from serving.server import Ports, TorchServe, free_port
 from serving.studio import GenerateForm, Studio, StudioError, StudioServer, byte_range, parse_seed, server_error
-from tests.browser import artifact_dir, browser, page  # noqa: F401
+from tests.browser import artifact_dir
 
 MEL = MelConfig()
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import artifact_dir, browser, page  # noqa: F401  (fixtures)
+from tests.browser import artifact_dir
 from tests.tracking.test_runs_server import MlflowServer
 from tracking import runs as tracking
 
@@ -77,7 +77,7 @@ def test_training_runs_log_their_dataset_and_their_generator_as_a_model(store, m
     from tracking.models import CHECKPOINT_TAG
 
     client = tracking.get_client(store["uri"])
-    for model, result in store["runs"].items():
+    for result in store["runs"].values():
         run = client.get_run(result.run_id)
         [inp] = run.inputs.dataset_inputs
         assert (inp.dataset.name, inp.dataset.digest) == (store["dataset_name"], store["fingerprint"])
