@@ -48,9 +48,43 @@ def stft(audio: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
 
 
 def istft(spec: torch.Tensor, cfg: MelConfig, length: int | None = None) -> torch.Tensor:
-    """The inverse of ``stft``: [K, F, T] -> audio [K, length] (default: one clip's samples)."""
-    return torch.istft(spec, cfg.n_fft, cfg.hop_length, window=_window(cfg.n_fft).to(spec.device),
-                       center=True, length=cfg.clip_samples if length is None else int(length))
+    """The inverse of ``stft``: [K, F, T] -> audio [K, length] (default: one clip's samples).
+
+    Numerically ``torch.istft`` (windowed overlap-add divided by the summed squared
+    window), computed as one batched inverse FFT and ``n_fft / hop`` shifted block sums
+    when the hop divides the window: about 3x faster on a CPU than ``torch.istft``, whose
+    overlap-add runs one signal per thread (a long piece's single signal used one core).
+    Griffin-Lim calls this once per iteration, so it sets the rendering speed.
+    """
+    length = cfg.clip_samples if length is None else int(length)
+    n_fft, hop = cfg.n_fft, cfg.hop_length
+    k = n_fft // hop
+    n_frames = spec.shape[-1]
+    if n_fft % hop or k < 2 or n_fft // 2 + length > (n_frames + k - 1) * hop:
+        return torch.istft(spec, n_fft, hop, window=_window(n_fft).to(spec.device), center=True, length=length)
+    lead = spec.shape[:-2]
+    spec = spec.reshape(-1, *spec.shape[-2:])  # [K, F, T]
+    window = _window(n_fft).to(spec.device)
+    frames = torch.fft.irfft(spec.transpose(1, 2), n=n_fft, dim=-1).mul_(window)  # [K, T, n_fft]
+    parts = frames.view(len(spec), n_frames, k, hop)  # each frame as k hop-long blocks
+    blocks = torch.zeros(len(spec), n_frames + k - 1, hop, device=spec.device, dtype=frames.dtype)
+    for j in range(k):  # frame t's block j lands on output block t + j
+        blocks[:, j:j + n_frames] += parts[:, :, j]
+    start = n_fft // 2  # centred frames: the signal starts half a window in
+    audio = blocks.reshape(len(spec), -1)[:, start:start + length]
+    audio /= _window_sum(n_frames, n_fft, hop, str(spec.device))[start:start + length]
+    return audio.reshape(*lead, length)
+
+
+@functools.lru_cache(maxsize=16)
+def _window_sum(n_frames: int, n_fft: int, hop: int, device: str) -> torch.Tensor:
+    """The squared window overlap-added over ``n_frames`` frames: what ``istft`` divides by."""
+    k = n_fft // hop
+    squares = _window(n_fft).to(device).square().view(k, hop)
+    total = torch.zeros(n_frames + k - 1, hop, device=device)
+    for j in range(k):
+        total[j:j + n_frames] += squares[j]
+    return total.reshape(-1)
 
 
 def mel_power(clips: torch.Tensor, cfg: MelConfig) -> torch.Tensor:

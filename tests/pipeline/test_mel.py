@@ -60,3 +60,28 @@ def test_log_mel_equals_librosa_reference():
                                        n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max),
         ref=np.max, top_db=cfg.top_db)
     np.testing.assert_allclose(normalised_to_db(log_mel(clip[None], cfg)[0], cfg), ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch,seconds,hop,length_cut", [
+    (8, 5.0, 512, 0),      # a batch of clips, as the renderer inverts them
+    (1, 31.0, 512, 0),     # one long piece's chunk
+    (3, 2.0, 256, 700),    # another hop, a length short of the frames
+    (2, 2.0, 300, 0),      # a hop that does not divide the window: torch's own path
+])
+def test_istft_is_torchs_inverse_and_inverts_stft(batch, seconds, hop, length_cut):
+    from pipeline.mel import istft, stft
+
+    cfg = MelConfig(hop_length=hop, clip_seconds=seconds)
+    rng = np.random.default_rng(1)
+    audio = torch.from_numpy(rng.standard_normal((batch, cfg.clip_samples)).astype(np.float32))
+    spec = stft(audio, cfg)  # [K, F, T]
+    # a spectrum that is not any signal's (Griffin-Lim's are not), so the overlap-add matters
+    spec = spec * torch.exp(1j * torch.from_numpy(rng.uniform(0, 6.3, spec.shape).astype(np.float32)))
+    length = cfg.clip_samples - length_cut
+    ours = istft(spec, cfg, length)
+    theirs = torch.istft(spec, cfg.n_fft, cfg.hop_length, window=torch.hann_window(cfg.n_fft), center=True,
+                         length=length)
+    assert ours.shape == (batch, length)
+    assert torch.allclose(ours, theirs, atol=1e-5 * float(theirs.abs().max()))
+    assert torch.allclose(istft(stft(audio, cfg), cfg)[:, :length], audio[:, :length], atol=1e-4)
+    assert torch.equal(istft(spec[0], cfg, length), ours[0])  # [F, T] -> [length]
