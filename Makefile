@@ -44,7 +44,7 @@ demo: setup
 test: BROWSER := 1
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	$(PY) -m pytest -q -p no:cacheprovider -m slow --durations=15
 
 # the fast tier alone: no servers, no training, about a minute; run it on every change
 test-fast: BROWSER := 1
