@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from pipeline.config import RunConfig, load_config
+from pipeline.config import MelConfig, RunConfig, load_config
+from serving.server import Ports, TorchServe
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +71,15 @@ def unpacked_archive(model_store, tmp_path_factory) -> Path:
     with zipfile.ZipFile(model_store / "technogan.mar") as z:
         z.extractall(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def server(model_store, serve_run_config, tmp_path_factory) -> Iterator[TorchServe]:
+    """A real TorchServe (behind the gate) serving ``model_store``'s archive, one per test module."""
+    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), serve_run_config.serve, MelConfig(),
+                    Ports.free())
+    try:
+        ts.start(timeout=240)
+        yield ts
+    finally:
+        ts.stop()

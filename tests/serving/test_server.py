@@ -31,16 +31,6 @@ MEL = MelConfig()
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def server(model_store, serve_run_config, tmp_path_factory):
-    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), serve_run_config.serve, MEL, Ports.free())
-    try:
-        ts.start(timeout=240)
-        yield ts
-    finally:
-        ts.stop()
-
-
 def post(server, body=None, raw: bytes | None = None, headers=JSON, timeout=120) -> requests.Response:
     data = raw if raw is not None else (json.dumps(body) if body is not None else None)
     return requests.post(server.predictions_url, data=data, headers=headers, timeout=timeout)

@@ -16,7 +16,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2 for it
     from starlette.testclient import TestClient
 
 from pipeline.config import MelConfig, ServeConfig
-from serving.server import Ports, TorchServe, free_port
+from serving.server import free_port
 from serving.studio import GenerateForm, Studio, StudioError, StudioServer, byte_range, parse_seed, server_error
 from tests.browser import artifact_dir
 
@@ -148,16 +148,6 @@ def test_the_studio_command_serves_the_page_until_interrupted(tmp_path):
 
 
 # ----------------------------------------------------------------------------- slow: a real TorchServe
-
-
-@pytest.fixture(scope="module")
-def server(model_store, serve_run_config, tmp_path_factory):
-    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), serve_run_config.serve, MEL, Ports.free())
-    try:
-        ts.start(timeout=240)
-        yield ts
-    finally:
-        ts.stop()
 
 
 @pytest.fixture(scope="module")
