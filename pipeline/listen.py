@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import hashlib
 import html
 import io
 import logging
@@ -42,7 +41,7 @@ import numpy as np
 
 from pipeline.audio.encode import CONTENT_TYPES
 from pipeline.config import ListenConfig, MelConfig
-from pipeline.fsutil import atomic_write_text
+from pipeline.fsutil import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -364,14 +363,6 @@ def real_sounds(dataset: str | Path, resolution: int, cfg: ListenConfig) -> list
     return _memo(key, make)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_page(checkpoint: str | Path, dataset: str | Path | None, cfg: ListenConfig, headline: Headline | None,
                title: str, lines: Sequence[str] = (), extra_html: str = "") -> ListenPage:
     """``listen.html`` for the generator at ``checkpoint``: its clips and long piece, real
@@ -383,7 +374,7 @@ def build_page(checkpoint: str | Path, dataset: str | Path | None, cfg: ListenCo
     checkpoint = Path(checkpoint)
     generator, meta = load_generator(checkpoint)
     resolution = int(meta["resolution"])
-    key = (_file_digest(checkpoint), _settings(cfg))
+    key = (sha256_file(checkpoint), _settings(cfg))
     generated = _memo(("generated", *key), lambda: generated_sounds(generator, meta, cfg))
     long = _memo(("long", *key), lambda: long_sounds(generator, meta, cfg))
     lines = list(lines)
