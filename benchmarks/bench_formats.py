@@ -25,7 +25,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,8 @@ from pipeline.decode import open_audio  # noqa: E402
 from pipeline.ffmpeg import ffmpeg_binary  # noqa: E402
 from pipeline.fsutil import atomic_write_text  # noqa: E402
 from pipeline.mel import log_mel, normalised_to_db  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
+
+from bench_audio import real_clips, timed  # noqa: E402  (this folder: the same synthetic clips and timer)
 
 CFG = MelConfig()  # the embedded default: 22.05 kHz, 5 s clips
 
@@ -58,25 +58,12 @@ SWEEP = {
 }
 
 
-def rendered_techno(folder: Path, seconds: float, cfg: MelConfig) -> np.ndarray:
-    """[clips, clip_samples]: synthetic techno, through the mel and back (Griffin-Lim)."""
-    n = max(1, int(round(seconds / cfg.clip_seconds)))
-    per_track = 4
-    paths = synthesize(folder, tracks=(n + per_track - 1) // per_track, seconds=per_track * cfg.clip_seconds + 1,
-                       seed=11, progress=False)
-    clips = []
-    for p in paths:
-        y = decode(p, cfg.sample_rate)
-        clips += [y[k * cfg.clip_samples:(k + 1) * cfg.clip_samples] for k in range(per_track)]
-    audio = np.stack(clips[:n]).astype(np.float32)  # [n, clip_samples]
-    mels = log_mel(audio, cfg)  # normalised [n, M, T]
-    t0 = time.perf_counter()
-    rendered = MelRenderer(cfg).render(mels).numpy()
-    RENDER_S.append(time.perf_counter() - t0)
-    return rendered
-
-
-RENDER_S: list[float] = []  # how long the rendering took: the scale for an encoder's cost
+def rendered_techno(folder: Path, seconds: float, cfg: MelConfig) -> tuple[np.ndarray, float]:
+    """([clips, clip_samples] synthetic techno through the mel and back, the rendering's wall
+    seconds: the scale for an encoder's cost)."""
+    audio = real_clips(folder, max(1, int(round(seconds / cfg.clip_seconds))), cfg)  # [n, clip_samples]
+    render_s, rendered = timed(lambda: MelRenderer(cfg).render(log_mel(audio, cfg)).numpy(), repeats=1)
+    return rendered, render_s
 
 
 def decode(path: Path, sr: int) -> np.ndarray:
@@ -95,15 +82,6 @@ def mel_error_db(ref: np.ndarray, data: bytes, suffix: str, delay: int, tmp: Pat
     return round(float(np.mean(np.abs(a - b))), 3)
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0, help="audio to encode (default: %(default)s)")
@@ -114,7 +92,7 @@ def main() -> int:
     cfg, sr = CFG, CFG.sample_rate
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
         tmp = Path(tmp)
-        clips = rendered_techno(tmp / "synth", args.seconds, cfg)  # [n, samples]
+        clips, render_s = rendered_techno(tmp / "synth", args.seconds, cfg)  # [n, samples]
         seconds = clips.size / sr
         formats = {}
         for fmt in ("wav", "mp3", "ogg"):
@@ -128,9 +106,9 @@ def main() -> int:
             f["size_ratio_to_wav"] = round(f["bytes"] / wav["bytes"], 4)
             f["encode_time_ratio_to_wav"] = round(f["encode_s"] / wav["encode_s"], 2)
             f["realtime_factor"] = round(seconds / f["encode_s"], 1)
-            f["encode_time_ratio_to_render"] = round(f["encode_s"] / RENDER_S[0], 3)
+            f["encode_time_ratio_to_render"] = round(f["encode_s"] / render_s, 3)
         doc = {"bench": "formats", "seconds": round(seconds, 2), "sample_rate": sr,
-               "render_s": round(RENDER_S[0], 3), "formats": formats}
+               "render_s": round(render_s, 3), "formats": formats}
         if args.sweep:
             pcm = np.clip(clips.reshape(-1), -1, 1).astype("<f4").tobytes()
             sweep = {}
