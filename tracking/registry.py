@@ -223,6 +223,6 @@ def version_checkpoint(mv: Any) -> str:
     return Path(path).stem.removeprefix("generator-").removeprefix("epoch-")
 
 
-__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "version_checkpoint", "version_checkpoint_file",
-           "ensure_experiment",
-           "finished_runs", "list_versions", "register_generator", "resolve_alias", "version_of_run"]
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_NAME", "RunRow", "champion_checkpoint", "ensure_experiment",
+           "finished_runs", "list_versions", "register_generator", "resolve_alias", "version_checkpoint",
+           "version_checkpoint_file", "version_of_run"]
