@@ -32,6 +32,7 @@ when it stops, and on SIGTERM or Ctrl-C stops the gate and then the command's gr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import logging
@@ -41,7 +42,7 @@ import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
 from pipeline.errors import UserError
@@ -444,6 +445,20 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within: SIGTERM (docker stop, the kubelet, kill) and SIGINT both raise KeyboardInterrupt,
+    so a server stops as cleanly as on Ctrl-C. SIGINT is set explicitly too: a process started
+    from a non-interactive shell's background job inherits it ignored, and Python then leaves
+    it ignored (Ctrl-C and ``kill -INT`` would do nothing). The previous handlers come back after."""
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(args: argparse.Namespace) -> int:
     host, _, port_text = args.listen.rpartition(":")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
@@ -452,29 +467,28 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--max-request-bytes {args.max_request_bytes}: must be positive")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     gate = Gate(host or "0.0.0.0", int(port_text), args.upstream, args.max_request_bytes, args.timeout)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # the kubelet's stop, like Ctrl-C
     proc: Optional[subprocess.Popen] = None
-    try:
-        if command:
-            log.info("starting %s", " ".join(command))
-            try:
-                proc = subprocess.Popen(command, start_new_session=True)  # own group: stopped as a whole
-            except OSError as e:
-                raise UserError(f"cannot start {command[0]}: {e.strerror or e}") from None
-        gate.start()
-        if proc is None:
-            threading.Event().wait()  # until SIGTERM or Ctrl-C
+    with stop_signals_interrupt():
+        try:
+            if command:
+                log.info("starting %s", " ".join(command))
+                try:
+                    proc = subprocess.Popen(command, start_new_session=True)  # own group: stopped as a whole
+                except OSError as e:
+                    raise UserError(f"cannot start {command[0]}: {e.strerror or e}") from None
+            gate.start()
+            if proc is None:
+                threading.Event().wait()  # until SIGTERM or Ctrl-C
+                return 0
+            code = proc.wait()
+            log.error("%s exited with code %s; the gate stops too", command[0], code)
+            return code if code else 1
+        except KeyboardInterrupt:
+            log.info("stopping")
             return 0
-        code = proc.wait()
-        log.error("%s exited with code %s; the gate stops too", command[0], code)
-        return code if code else 1
-    except KeyboardInterrupt:
-        log.info("stopping")
-        return 0
-    finally:
-        gate.stop()
-        if proc is not None:
-            from serving.server import stop_process_group
+        finally:
+            gate.stop()
+            if proc is not None:
+                from serving.server import stop_process_group
 
-            stop_process_group(proc)
-        signal.signal(signal.SIGTERM, previous)
+                stop_process_group(proc)

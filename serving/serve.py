@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from pathlib import Path
 
 from pipeline.config import MelConfig, add_config_argument, load_config
 from pipeline.errors import UserError
 from serving.package import read_description
+from serving.gate import stop_signals_interrupt
 from serving.server import ARCHIVE_NAME, ModelLoadError, Ports, TorchServe
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                             "management is port+1, metrics port+2, (unused) gRPC port+3 and +4")
     add_config_argument(p, "for the serve section")
     p.add_argument("--workdir", help="TorchServe's logs and temp files (default: <model-store>/.torchserve)")
-
-
-def _raise_interrupt(signum, frame):  # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C
-    raise KeyboardInterrupt
 
 
 def main(args: argparse.Namespace) -> int:
@@ -61,27 +57,26 @@ def main(args: argparse.Namespace) -> int:
                         foreground_output=True)
     log.warning("token auth is DISABLED (--disable-token-auth): TorchServe listens on 127.0.0.1 only, "
                 "for local use; do not expose these ports")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    with stop_signals_interrupt():
         try:
-            server.start()
-        except ModelLoadError as e:  # the worker's own error, not TorchServe's restart loop
-            raise UserError(f"{archive}: {e}") from None
-        except RuntimeError as e:  # exited or never ready: the message carries TorchServe's log tail
-            raise UserError(f"TorchServe did not start (is port {port}, {port + 1} or {port + 2} taken?)\n{e}") from None
-        print(f"\ntechnogan {desc['model']} (registry version {desc['version']}, run {desc['run_id']}) is served:\n"
-              f"  predictions  POST {server.predictions_url} (through the gate; TorchServe itself on "
-              f"{server.direct_url})\n"
-              f"  management   {server.management_url}/models/technogan\n"
-              f"  metrics      {server.metrics_url}\n"
-              f"  logs         {server.workdir / 'logs'}\n"
-              f"Ctrl-C stops it.\n", flush=True)
-        code = server.wait()
-        log.error("TorchServe exited on its own with code %s", code)
-        return 1
-    except KeyboardInterrupt:
-        log.info("stopping TorchServe")
-        return 0
-    finally:
-        server.stop()
-        signal.signal(signal.SIGTERM, previous)
+            try:
+                server.start()
+            except ModelLoadError as e:  # the worker's own error, not TorchServe's restart loop
+                raise UserError(f"{archive}: {e}") from None
+            except RuntimeError as e:  # exited or never ready: the message carries TorchServe's log tail
+                raise UserError(f"TorchServe did not start (is port {port}, {port + 1} or {port + 2} taken?)\n{e}") from None
+            print(f"\ntechnogan {desc['model']} (registry version {desc['version']}, run {desc['run_id']}) is served:\n"
+                  f"  predictions  POST {server.predictions_url} (through the gate; TorchServe itself on "
+                  f"{server.direct_url})\n"
+                  f"  management   {server.management_url}/models/technogan\n"
+                  f"  metrics      {server.metrics_url}\n"
+                  f"  logs         {server.workdir / 'logs'}\n"
+                  f"Ctrl-C stops it.\n", flush=True)
+            code = server.wait()
+            log.error("TorchServe exited on its own with code %s", code)
+            return 1
+        except KeyboardInterrupt:
+            log.info("stopping TorchServe")
+            return 0
+        finally:
+            server.stop()

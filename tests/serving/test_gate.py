@@ -256,3 +256,24 @@ def test_the_cli_refuses_bad_listen_and_upstream(capsys):
     assert "--listen 127.0.0.1:x" in capsys.readouterr().err
     assert cli_main(["gate", "--listen", "127.0.0.1:1", "--upstream", "ftp://h"]) == 2
     assert "--upstream ftp://h" in capsys.readouterr().err
+
+
+def test_stop_signals_interrupt_even_when_sigint_was_inherited_ignored():
+    """A server started from a non-interactive shell's background job inherits SIGINT ignored;
+    inside ``stop_signals_interrupt`` SIGINT and SIGTERM still stop it, and afterwards the
+    inherited dispositions are back."""
+    import os
+    import signal
+
+    from serving.gate import stop_signals_interrupt
+
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with stop_signals_interrupt(), pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)  # handled at the next bytecode, in this (main) thread
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
