@@ -5,6 +5,7 @@ with several latent seeds. Prints JSON.
     .venv/bin/python benchmarks/bench_quality.py [--minutes 20] [--seeds 3]
         [--music DIR | --dataset DIR] [--contenders study-dcgan2,study-wgan-gp,laptop]
         [--parallel N] [--out DIR] [--n 2048]
+        [--variant NAME=BASE:key=value,key=value ...]
 
 Data: ``--dataset`` (a segmented mel dataset), else ``--music`` (a folder of audio,
 segmented here once), else the dev music of ``../shared/data/fetch-dev-music``.
@@ -18,6 +19,10 @@ mean, standard deviation over the seeds, the real-vs-real baseline and the ratio
 mean / baseline; beat share relative to the real clips'; the memorisation ratio
 (nearest-training-clip distance of generated clips over that of held-out real clips:
 below 1 means copying).
+
+``--variant`` adds a contender: a known one with config overrides (values read as YAML),
+so a table of options at equal cost is one command, e.g.
+``--variant laptop-r1=laptop:train.r1_gamma=1 --contenders laptop,laptop-r1``.
 
 Targets (issue 10) for the best recipe at 20 minutes on 2 cores: ``fd_learned`` at most
 5x its baseline, NDB/K at most 0.3, beat share at least 0.8x the real clips', memorisation
@@ -69,10 +74,29 @@ def dataset_for(args: argparse.Namespace, out: Path) -> Path:
     return target
 
 
-def contender_config(name: str, dataset: Path, out: Path, minutes: float, threads: int | None):
+def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``NAME=BASE:key=value,key=value`` -> (NAME, BASE, {key: value}); values are YAML scalars."""
+    import yaml
+
+    name, sep, rest = text.partition("=")
+    base, sep2, pairs = rest.partition(":")
+    if not sep or not name.strip() or base.strip() not in CONTENDERS:
+        raise ValueError(f"--variant {text!r}: expected NAME=BASE:key=value,... with BASE one of {', '.join(CONTENDERS)}")
+    overrides: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in pairs.split(","))) if sep2 else ():
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--variant {text!r}: {pair!r} is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return name.strip(), base.strip(), overrides
+
+
+def contender_config(name: str, dataset: Path, out: Path, minutes: float, threads: int | None,
+                     variant: tuple[str, dict[str, Any]] | None = None):
+    """The resolved config of a contender (or of a variant: its base contender plus overrides)."""
     from pipeline.config import load_config
 
-    preset, model = CONTENDERS[name]
+    preset, model = CONTENDERS[variant[0] if variant else name]
     overrides: dict[str, Any] = {
         "train.dataset": str(dataset), "train.out_dir": str(out / "train"), "train.max_minutes": minutes,
         "train.epochs": 100000, "train.progress": False, "train.device": "auto", "train.threads": threads,
@@ -82,14 +106,17 @@ def contender_config(name: str, dataset: Path, out: Path, minutes: float, thread
     }
     if model:
         overrides["model.name"] = model
+    if variant:
+        overrides.update(variant[1])
     return load_config(REPO / preset, overrides)
 
 
-def run_contender(name: str, dataset: str, out: str, minutes: float, threads: int | None) -> dict[str, Any]:
+def run_contender(name: str, dataset: str, out: str, minutes: float, threads: int | None,
+                  variant: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train one contender for its budget (in its own process when run in parallel)."""
     from pipeline.train import train
 
-    config = contender_config(name, Path(dataset), Path(out), minutes, threads)
+    config = contender_config(name, Path(dataset), Path(out), minutes, threads, variant)
     t0 = time.perf_counter()
     result = train(config, label=name)
     best = result.run_dir / "checkpoints" / "generator-best.pt" if result.run_dir else None
@@ -98,7 +125,8 @@ def run_contender(name: str, dataset: str, out: str, minutes: float, threads: in
             "train_minutes": round((time.perf_counter() - t0) / 60, 2), "samples_per_s": round(result.samples_per_s, 1),
             "checkpoint": str(chosen), "checkpoint_kind": "best" if chosen == best else "last",
             "model": config.model.name, "widths": [config.model.g_width, config.model.d_width],
-            "batch_size": config.train.batch_size, "threads": threads}
+            "batch_size": config.train.batch_size, "threads": threads,
+            "overrides": variant[1] if variant else {}}
 
 
 def score(trained: dict[str, Any], dataset: Path, seeds: int, n: int | None, real=None):
@@ -149,12 +177,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, from: " + ", ".join(CONTENDERS))
     p.add_argument("--parallel", type=int, default=1, help="contenders trained at once (threads = cores / N each)")
     p.add_argument("--out", default="out/bench-quality")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=value,...",
+                   help="a contender made of a known one and config overrides (repeatable)")
+    p.add_argument("--recipe", default="laptop", help="the contender the targets are checked for")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
+    variants: dict[str, tuple[str, dict[str, Any]]] = {}
+    for text in args.variant:
+        try:
+            vname, base, overrides = parse_variant(text)
+        except ValueError as e:
+            p.error(str(e))
+        variants[vname] = (base, overrides)
+    unknown = [n for n in names if n not in CONTENDERS and n not in variants]
     if unknown:
-        p.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}")
+        p.error(f"unknown contenders {unknown}; known: {', '.join([*CONTENDERS, *variants])}")
+    for name in variants:  # a bad key fails here, not after an hour of training
+        try:
+            contender_config(name, Path("."), Path("."), args.minutes, None, variants[name])
+        except Exception as e:
+            p.error(f"--variant {name}: {e}")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     dataset = dataset_for(args, out)
@@ -171,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.parallel > 1:
         with ProcessPoolExecutor(args.parallel) as pool:
-            futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads) for n in names]
+            futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads, variants.get(n))
+                       for n in names]
             trained = [f.result() for f in futures]
     else:
-        trained = [run_contender(n, str(dataset), str(out), args.minutes, threads) for n in names]
+        trained = [run_contender(n, str(dataset), str(out), args.minutes, threads, variants.get(n)) for n in names]
 
     # score every contender with the same real data, encoder and seeds
     results: dict[str, dict[str, Any]] = {}
@@ -186,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": str(dataset), "clips": None if real is None else int(len(real.mels)),
         "machine": {"cores": cores, "python": platform.python_version()},
         "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
-        "contenders": results, "targets": verdict(results),
+        "contenders": results, "targets": verdict(results, args.recipe),
     }
     text = json.dumps(report, indent=2)
     atomic_write_text(out / "bench_quality.json", text + "\n")

@@ -252,6 +252,9 @@ class ModelConfig(Section):
     leaky_slope: float = Field(0.2, ge=0.0, lt=1.0)
     spectral_norm: bool = Field(False, description="spectral normalisation (Miyato et al. 2018) on every "
                                 "Conv2d of the critic; the figure's layers stay as they are")
+    minibatch_std: bool = Field(False, description="the critic's last convolution also sees the spread of "
+                                "its input features across groups of 4 clips of the batch (Karras et al. 2018), "
+                                "so a generator that repeats itself is told apart; one extra input channel")
 
 
 class StudyRunConfig(Section):

@@ -186,6 +186,37 @@ def apply_spectral_norm(critic: nn.Module) -> int:
     return len(convs)
 
 
+class MinibatchStd(nn.Module):
+    """Appends one channel: the standard deviation of the features across a group of clips
+    of the batch, averaged to one number per group (ProGAN's minibatch standard deviation).
+    Groups of ``group`` clips when the batch divides into them, else the whole batch."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = self.group if b % self.group == 0 else b
+        if g < 2:  # a single clip has no spread: a zero channel keeps the shape
+            return torch.cat([x, x.new_zeros(b, 1, h, w)], dim=1)
+        y = x.reshape(g, b // g, c, h, w)  # [G, B/G, C, H, W]: clip i of each group is i, i + B/G, ...
+        spread = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [B/G]
+        return torch.cat([x, spread.repeat(g).reshape(b, 1, 1, 1).expand(b, 1, h, w)], dim=1)  # [B, C+1, H, W]
+
+
+def add_minibatch_std(critic: Critic, group: int = 4) -> None:
+    """Give ``critic``'s last convolution the minibatch spread as one more input channel
+    (before initialisation and spectral normalisation, which then cover it)."""
+    layers = list(critic.net)
+    i = max(j for j, m in enumerate(layers) if isinstance(m, nn.Conv2d))
+    last = layers[i]
+    assert isinstance(last, nn.Conv2d)
+    wider = nn.Conv2d(last.in_channels + 1, last.out_channels, last.kernel_size,  # type: ignore[arg-type]
+                      last.stride, last.padding, bias=last.bias is not None)  # type: ignore[arg-type]
+    critic.net = nn.Sequential(*layers[:i], MinibatchStd(group), wider, *layers[i + 1:])
+
+
 def _finite_vector(value: Any, n: int) -> bool:
     return (isinstance(value, list) and len(value) == n and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))

@@ -4,7 +4,7 @@ Adding a fifth model is one entry in ``MODELS``. Every field of ``OptimDefaults`
 be overridden by the ``train`` config section (a null there means "model default").
 An entry describes its model's defaults (loss kind, whether its critic ends in a Sigmoid,
 its regulariser: WGAN-WC's clip, WGAN-GP's penalty); the options (``train.loss``,
-``lr_g``/``lr_d``, ``r1_gamma``, ``model.spectral_norm``, per-bin statistics) apply to
+``lr_g``/``lr_d``, ``r1_gamma``, ``model.spectral_norm``, ``model.minibatch_std``, per-bin statistics) apply to
 any entry the same way, with no per-model branch.
 
     spec = get_model("wgan-gp")
@@ -93,12 +93,15 @@ class ModelSpec:
     def build_critic(self, model_cfg: ModelConfig, resolution: int = 64, train_cfg: TrainConfig | None = None,
                      bin_stats: BinStats | None = None) -> networks.Critic:
         """[B, 1, R, R] -> [B] (probability for a bce-trained DCGAN, score otherwise), DCGAN-initialised,
+        with the minibatch spread before its last convolution when ``model_cfg.minibatch_std``,
         spectrally normalised when ``model_cfg.spectral_norm``; with ``bin_stats`` its input is
         standardised per row first. Pass the ``train_cfg`` that ``make_loss`` gets: the loss kind
         decides whether a DCGAN critic keeps its Sigmoid."""
         d = self.critic(model_cfg, resolution)
         if isinstance(d.net[-1], nn.Sigmoid) and not self.critic_has_sigmoid(train_cfg):
             d.net = nn.Sequential(*list(d.net)[:-1])
+        if model_cfg.minibatch_std:
+            networks.add_minibatch_std(d)
         networks.init_weights(d)
         if model_cfg.spectral_norm:
             networks.apply_spectral_norm(d)

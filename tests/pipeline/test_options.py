@@ -148,6 +148,39 @@ def test_every_model_trains_a_step_with_every_loss_and_options(name, kind):
     assert all(torch.isfinite(v) for v in numbers.values())
 
 
+# ----------------------------------------------------------------------------- minibatch standard deviation
+
+
+def test_minibatch_std_appends_the_spread_of_each_group():
+    from pipeline.models.networks import MinibatchStd
+
+    x = torch.zeros(8, 3, 2, 2)
+    x[1] = 1.0  # group {1, 5} (clips i and i + 4): values 1 and 0, spread 0.5; the other groups are constant
+    y = MinibatchStd(group=2)(x)
+    assert y.shape == (8, 4, 2, 2) and torch.equal(y[:, :3], x)
+    spread = y[:, 3, 0, 0]
+    assert spread[1] == pytest.approx(0.5, abs=1e-3) and spread[5] == pytest.approx(0.5, abs=1e-3)
+    assert torch.all(spread[[0, 2, 3, 4, 6, 7]] < 1e-3)
+    # a batch that does not divide into groups uses the whole batch as one group
+    assert MinibatchStd(group=4)(torch.randn(6, 2, 3, 3)).shape == (6, 3, 3, 3)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_minibatch_std_lets_the_critic_see_the_rest_of_the_batch(name):
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    changed = x.clone()
+    changed[1:] = changed[1:] * 0.1  # clip 0 is the same; its batch is far less varied
+    for on in (False, True):
+        mc = ModelConfig(g_width=4, d_width=4, latent_dim=8, minibatch_std=on)
+        d = get_model(name).build_critic(mc, 32, TrainConfig(loss="hinge"))  # raw scores: no saturated Sigmoid
+        d.eval()  # BatchNorm on running statistics: no other path from one clip to another
+        with torch.no_grad():
+            a, b = d(x)[0], d(changed)[0]
+        assert (a != b) == on, f"minibatch_std={on}: clip 0's score {'did not change' if on else 'changed'}"
+        assert ("MinibatchStd" in layer_types(d)) == on
+
+
 # ----------------------------------------------------------------------------- two time-scale learning rates
 
 

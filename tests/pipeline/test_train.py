@@ -112,7 +112,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": "adaptive", "train.augment_p": 0.3,
           "train.augment_interval": 1, "train.augment_speed": 40, "train.r1_gamma": 1.0, "train.r1_every": 3,
           "train.loss": "hinge", "model.spectral_norm": True, "data.normalize": "per_bin", "train.lr_g": 1e-4,
-          "train.lr_d": 4e-4}
+          "train.lr_d": 4e-4, "model.minibatch_std": True}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
@@ -483,6 +483,9 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
     assert (params["optim.loss"], params["optim.lr_g"], params["optim.lr_d"]) == ("hinge", "0.0001", "0.0004")
     assert state["opt_g"]["param_groups"][0]["lr"] == 1e-4 and state["opt_d"]["param_groups"][0]["lr"] == 4e-4
     assert any("parametrizations" in k for k in state["critic"])
+    # minibatch std: the critic's last convolution has one more input channel than the figure's
+    last = [v for k, v in state["critic"].items() if k.endswith("original")][-1]
+    assert last.shape[1] == 4 * config.model.d_width + 1
     # per-bin normalisation: saved in the checkpoint, and the generator's output stays a mel in [-1, 1]
     g, meta = ckpt.load_generator(result.generator_path)
     assert meta["normalization"]["kind"] == "per_bin" and len(meta["normalization"]["mean"]) == 32
