@@ -75,7 +75,8 @@ def dataset_for(args: argparse.Namespace, out: Path) -> Path:
 
 
 def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
-    """``NAME=BASE:key=value,key=value`` -> (NAME, BASE, {key: value}); values are YAML scalars."""
+    """``NAME=BASE:key=value,key=value`` -> (NAME, BASE, {key: value}); values are YAML scalars
+    (and a number in exponent form without a dot, 4e-4, is a number)."""
     import yaml
 
     name, sep, rest = text.partition("=")
@@ -87,8 +88,18 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"--variant {text!r}: {pair!r} is not key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = _scalar(yaml.safe_load(value))
     return name.strip(), base.strip(), overrides
+
+
+def _scalar(value: Any) -> Any:
+    # YAML 1.1 reads 4e-4 (no dot) as a string; a learning rate is what was meant
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def contender_config(name: str, dataset: Path, out: Path, minutes: float, threads: int | None,

@@ -1,0 +1,41 @@
+"""bench_quality's --variant parsing: a table of options is only as good as the overrides it reads."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from bench_quality import contender_config, parse_variant  # noqa: E402
+
+
+def test_a_variant_is_its_base_with_yaml_typed_overrides():
+    name, base, overrides = parse_variant("fast=laptop:model.g_width=8, train.lr_g=4e-4,train.augment=fixed,model.minibatch_std=true")
+    assert (name, base) == ("fast", "laptop")
+    assert overrides == {"model.g_width": 8, "train.lr_g": 4e-4, "train.augment": "fixed", "model.minibatch_std": True}
+    config = contender_config(name, Path("/data/x"), Path("/out"), 10.0, 1, (base, overrides))
+    assert (config.model.g_width, config.train.lr_g, config.train.augment, config.model.minibatch_std) == \
+        (8, 4e-4, "fixed", True)
+    assert (config.train.max_minutes, config.train.dataset) == (10.0, "/data/x")  # the bench's own settings stay
+
+
+@pytest.mark.parametrize("text, says", [
+    ("laptop:model.g_width=8", "expected NAME=BASE"),          # no name
+    ("x=nope:model.g_width=8", "BASE one of"),                 # unknown base
+    ("x=laptop:model.g_width", "is not key=value"),            # no value
+])
+def test_a_malformed_variant_is_refused_naming_it(text, says):
+    with pytest.raises(ValueError, match=says):
+        parse_variant(text)
+
+
+def test_a_variant_without_overrides_is_its_base():
+    assert parse_variant("again=study-dcgan2") == ("again", "study-dcgan2", {})
+
+
+def test_a_bare_off_reaches_the_config_as_the_word():
+    _, base, overrides = parse_variant("plain=laptop:train.augment=off")  # YAML 1.1 reads it as false
+    assert contender_config("plain", Path("/d"), Path("/o"), 1.0, None, (base, overrides)).train.augment == "off"
