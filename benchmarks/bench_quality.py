@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def dataset_for(args: argparse.Namespace, out: Path) -> Path:
 
 
 def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
-    """``NAME=BASE:key=value,key=value`` -> (NAME, BASE, {key: value}); values are YAML scalars
+    """``NAME=BASE:key=value,key=value`` -> (NAME, BASE, {key: value}); values are YAML scalars or lists
     (and a number in exponent form without a dot, 4e-4, is a number)."""
     import yaml
 
@@ -84,7 +85,8 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
     if not sep or not name.strip() or base.strip() not in CONTENDERS:
         raise ValueError(f"--variant {text!r}: expected NAME=BASE:key=value,... with BASE one of {', '.join(CONTENDERS)}")
     overrides: dict[str, Any] = {}
-    for pair in filter(None, (p.strip() for p in pairs.split(","))) if sep2 else ():
+    # a comma inside brackets belongs to a list value (train.betas=[0.0,0.9])
+    for pair in filter(None, (p.strip() for p in re.split(r",(?![^\[]*\])", pairs))) if sep2 else ():
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"--variant {text!r}: {pair!r} is not key=value")

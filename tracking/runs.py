@@ -222,9 +222,18 @@ def _send(client, run_id: str, records: list[_Record]) -> None:
                 continue
             client.log_artifact(run_id, path, artifact_path)
     elif kind == "inputs":
-        client.log_inputs(run_id, datasets=[
-            DatasetInput(Dataset(**r.data), tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])
-            for r in records])
+        inputs = [DatasetInput(Dataset(**r.data), tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])
+                  for r in records]
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except Exception as e:
+            # Runs started together on one dataset race for its row: the store looks it up,
+            # finds none, and the slower insert breaks the (experiment, name, digest) key,
+            # refused as a bad request. The row exists now, so a second try links to it;
+            # a record that is really bad fails again and is dropped as before.
+            if not _is_permanent(e):
+                raise
+            client.log_inputs(run_id, datasets=inputs)
     elif kind == "model":
         from tracking.models import log_generator_model
 

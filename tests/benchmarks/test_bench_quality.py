@@ -39,3 +39,9 @@ def test_a_variant_without_overrides_is_its_base():
 def test_a_bare_off_reaches_the_config_as_the_word():
     _, base, overrides = parse_variant("plain=laptop:train.augment=off")  # YAML 1.1 reads it as false
     assert contender_config("plain", Path("/d"), Path("/o"), 1.0, None, (base, overrides)).train.augment == "off"
+
+
+def test_a_list_value_keeps_its_commas():
+    _, base, overrides = parse_variant("sagan=laptop:train.betas=[0.0, 0.9],train.lr_d=4e-4")
+    assert overrides == {"train.betas": [0.0, 0.9], "train.lr_d": 4e-4}
+    assert contender_config("sagan", Path("/d"), Path("/o"), 1.0, None, (base, overrides)).train.betas == (0.0, 0.9)

@@ -175,3 +175,38 @@ def test_experiments_are_model_training_experiments_and_ui_links_say_so(uri):
         assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
     assert tracking.ui_url("http://127.0.0.1:5000/", new) == (
         f"http://127.0.0.1:5000/#/experiments/{new}/runs?workflowType=machine_learning")
+
+
+def test_two_runs_racing_to_create_their_dataset_both_get_it_as_input(tmp_path, uri):
+    """The store looks the dataset up, finds none and inserts it; a run started at the same
+    moment may insert it in between (seen with bench_quality --parallel). Emulated exactly:
+    another connection inserts the row just before this run's insert reaches the database."""
+    import sqlite3
+    import uuid
+
+    from sqlalchemy import event
+
+    entity = tracking.dataset_entity(tmp_path, "feedbeef", {"clips": 1}, mel_shape=(128, 216))
+    client = tracking.get_client(uri)
+    first = tracking.TrackedRun.start("exp", "first", uri=uri, spool_dir=tmp_path / "spool")
+    second = tracking.TrackedRun.start("exp", "second", uri=uri, spool_dir=tmp_path / "spool")
+    engine = client._tracking_client.store.engine
+    raced = []
+
+    def the_other_run_inserts_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO DATASETS") and not raced:
+            raced.append(True)
+            with sqlite3.connect(engine.url.database) as other:
+                other.execute(statement, (uuid.uuid4().hex, *parameters[1:]))
+
+    event.listen(engine, "before_cursor_execute", the_other_run_inserts_first)
+    try:
+        tracking._send(client, second.run_id, [tracking._Record("inputs", entity)])
+    finally:
+        event.remove(engine, "before_cursor_execute", the_other_run_inserts_first)
+    assert raced  # the race happened: the store's first insert broke the unique key
+    [inp] = client.get_run(second.run_id).inputs.dataset_inputs
+    assert inp.dataset.digest == "feedbeef"
+    first.log_dataset(entity)
+    assert first.finish() is True and second.finish() is True
+    assert client.get_run(first.run_id).inputs.dataset_inputs[0].dataset.digest == "feedbeef"
