@@ -5,7 +5,7 @@ with several latent seeds. Prints JSON.
     .venv/bin/python benchmarks/bench_quality.py [--minutes 20] [--seeds 3]
         [--music DIR | --dataset DIR] [--contenders study-dcgan2,study-wgan-gp,laptop]
         [--parallel N] [--out DIR] [--n 2048]
-        [--variant NAME=BASE:key=value,key=value ...]
+        [--variant NAME=BASE:key=value,key=value ...] [--rescore]
 
 Data: ``--dataset`` (a segmented mel dataset), else ``--music`` (a folder of audio,
 segmented here once), else the dev music of ``../shared/data/fetch-dev-music``.
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=value,...",
                    help="a contender made of a known one and config overrides (repeatable)")
     p.add_argument("--recipe", default="laptop", help="the contender the targets are checked for")
+    p.add_argument("--rescore", action="store_true", help="score what an earlier run in --out trained "
+                   "(its trained.json) without training again")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
@@ -223,15 +225,26 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_experiment(get_client(f"sqlite:///{out / 'mlflow.db'}"), "bench-quality")
 
-    # train: one after another, or N at a time in separate processes
+    # train: one after another, or N at a time in separate processes; what trained is
+    # written down first, so a failure while scoring costs a re-score (--rescore), not the training
     t0 = time.perf_counter()
-    if args.parallel > 1:
+    trained_file = out / "trained.json"
+    if args.rescore:
+        if not trained_file.is_file():
+            p.error(f"--rescore: {trained_file} does not exist (no training finished in --out {out})")
+        trained = [t for t in json.loads(trained_file.read_text()) if t["name"] in names]
+        missing = sorted(set(names) - {t["name"] for t in trained})
+        if missing:
+            p.error(f"--rescore: {trained_file} has no {', '.join(missing)}")
+    elif args.parallel > 1:
         with ProcessPoolExecutor(args.parallel) as pool:
             futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads, variants.get(n))
                        for n in names]
             trained = [f.result() for f in futures]
     else:
         trained = [run_contender(n, str(dataset), str(out), args.minutes, threads, variants.get(n)) for n in names]
+    if not args.rescore:
+        atomic_write_text(trained_file, json.dumps(trained, indent=2) + "\n")
 
     # score every contender with the same real data, encoder and seeds
     results: dict[str, dict[str, Any]] = {}
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "quality", "minutes": args.minutes, "seeds": args.seeds, "parallel": args.parallel,
         "dataset": str(dataset), "clips": None if real is None else int(len(real.mels)),
         "machine": {"cores": cores, "python": platform.python_version()},
-        "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "wall_minutes": round((time.perf_counter() - t0) / 60, 1), "rescored": bool(args.rescore),
         "contenders": results, "targets": verdict(results, args.recipe),
     }
     text = json.dumps(report, indent=2)

@@ -255,6 +255,9 @@ class ModelConfig(Section):
     minibatch_std: bool = Field(False, description="the critic's last convolution also sees the spread of "
                                 "its input features across groups of 4 clips of the batch (Karras et al. 2018), "
                                 "so a generator that repeats itself is told apart; one extra input channel")
+    g_upsample: Literal["transposed", "nearest"] = Field(
+        "transposed", description="how the generator doubles its map: the figures' stride-2 ConvTranspose2d, or "
+        "nearest-neighbour upsampling then a 3x3 Conv2d (Odena et al. 2016: no checkerboard); same channels")
 
 
 class StudyRunConfig(Section):

@@ -217,6 +217,27 @@ def add_minibatch_std(critic: Critic, group: int = 4) -> None:
     critic.net = nn.Sequential(*layers[:i], MinibatchStd(group), wider, *layers[i + 1:])
 
 
+class ResizeConv(nn.Sequential):
+    """[B, cin, H, W] -> [B, cout, 2H, 2W] like the figures' stride-2 ConvTranspose2d, as
+    nearest-neighbour upsampling then a 3x3 convolution: every output pixel gets the same
+    number of kernel taps, so there is no checkerboard to unlearn (Odena et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, bias: bool = False):
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=bias))
+
+
+def use_resize_convolutions(generator: Generator) -> int:
+    """Replace each stride-2 ConvTranspose2d of ``generator.net`` by a ``ResizeConv`` with the
+    same channels (before initialisation); the first, latent-to-map layer stays. Returns how many."""
+    layers, n = list(generator.net), 0
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2):
+            layers[i] = ResizeConv(m.in_channels, m.out_channels, bias=m.bias is not None)
+            n += 1
+    generator.net = nn.Sequential(*layers)
+    return n
+
+
 def _finite_vector(value: Any, n: int) -> bool:
     return (isinstance(value, list) and len(value) == n and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))

@@ -4,8 +4,9 @@ Adding a fifth model is one entry in ``MODELS``. Every field of ``OptimDefaults`
 be overridden by the ``train`` config section (a null there means "model default").
 An entry describes its model's defaults (loss kind, whether its critic ends in a Sigmoid,
 its regulariser: WGAN-WC's clip, WGAN-GP's penalty); the options (``train.loss``,
-``lr_g``/``lr_d``, ``r1_gamma``, ``model.spectral_norm``, ``model.minibatch_std``, per-bin statistics) apply to
-any entry the same way, with no per-model branch.
+``lr_g``/``lr_d``, ``r1_gamma``, ``model.spectral_norm``, ``model.minibatch_std``,
+``model.g_upsample``, per-bin statistics) apply to any entry the same way, with no
+per-model branch.
 
     spec = get_model("wgan-gp")
     G = spec.build_generator(config.model, resolution=64)   # z [B, latent_dim] -> [B, 1, 64, 64]
@@ -75,11 +76,14 @@ class ModelSpec:
 
     def build_generator(self, model_cfg: ModelConfig, resolution: int = 64,
                         bin_stats: BinStats | None = None) -> networks.Generator:
-        """z [B, latent_dim] (or [B, latent_dim, 1, 1]) -> [B, 1, R, R] in [-1, 1], DCGAN-initialised.
+        """z [B, latent_dim] (or [B, latent_dim, 1, 1]) -> [B, 1, R, R] in [-1, 1], DCGAN-initialised,
+        its doubling layers resize convolutions when ``model_cfg.g_upsample`` is nearest.
 
         With ``bin_stats`` (per_bin normalisation) the Tanh output y becomes
         clamp(mean + scale * y, -1, 1) per row, scale = ``networks.bin_scale(std)``."""
         g = self.generator(model_cfg, resolution)
+        if model_cfg.g_upsample == "nearest":
+            networks.use_resize_convolutions(g)
         networks.init_weights(g)
         if bin_stats is not None:
             networks.add_bin_normalization(g, bin_stats["mean"], networks.bin_scale(bin_stats["std"]))

@@ -45,3 +45,11 @@ def test_a_list_value_keeps_its_commas():
     _, base, overrides = parse_variant("sagan=laptop:train.betas=[0.0, 0.9],train.lr_d=4e-4")
     assert overrides == {"train.betas": [0.0, 0.9], "train.lr_d": 4e-4}
     assert contender_config("sagan", Path("/d"), Path("/o"), 1.0, None, (base, overrides)).train.betas == (0.0, 0.9)
+
+
+def test_rescore_without_a_finished_training_names_the_missing_file(tmp_path, capsys):
+    from bench_quality import main
+
+    with pytest.raises(SystemExit):
+        main(["--rescore", "--dataset", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert f"{tmp_path / 'out' / 'trained.json'} does not exist" in capsys.readouterr().err

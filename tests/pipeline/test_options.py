@@ -181,6 +181,40 @@ def test_minibatch_std_lets_the_critic_see_the_rest_of_the_batch(name):
         assert ("MinibatchStd" in layer_types(d)) == on
 
 
+# ----------------------------------------------------------------------------- resize convolutions
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_nearest_upsampling_replaces_every_doubling_layer_and_keeps_the_shapes(name):
+    spec = get_model(name)
+    z = torch.randn(3, SMALL.latent_dim)
+    plain = spec.build_generator(SMALL, 32)
+    resized = spec.build_generator(SMALL.model_copy(update={"g_upsample": "nearest"}), 32)
+    doublings = sum(isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2) for m in plain.modules())
+    assert doublings == (4 if name == "dcgan1" else 3)
+    assert not any(isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2) for m in resized.modules())
+    assert layer_types(resized).count("Upsample") == doublings
+    assert layer_types(resized)[0] == "ConvTranspose2d"  # the latent-to-map layer stays
+    assert resized(z).shape == plain(z).shape == (3, 1, 32, 32)
+    assert all(m.weight.std() < 0.05 for m in resized.modules() if isinstance(m, nn.Conv2d))  # DCGAN init
+
+
+def test_a_resize_convolution_has_no_checkerboard():
+    """A constant map in gives a constant map out (away from the zero-padded border); the
+    transposed convolution's four output phases use different taps, hence a period-2 pattern."""
+    from pipeline.models.networks import ResizeConv
+
+    torch.manual_seed(0)
+    x = torch.ones(1, 4, 8, 8)
+    with torch.no_grad():
+        resized = ResizeConv(4, 2)(x)[..., 2:-2, 2:-2]
+        transposed = nn.ConvTranspose2d(4, 2, 4, 2, 1, bias=False)(x)[..., 2:-2, 2:-2]
+    assert resized.shape == transposed.shape == (1, 2, 12, 12)
+    assert resized.std(dim=(-1, -2)).max() < 1e-6
+    assert transposed.std(dim=(-1, -2)).min() > 1e-3
+    assert torch.allclose(transposed[..., ::2, ::2], transposed[..., 2::2, 2::2][..., :1, :1].expand(1, 2, 6, 6))
+
+
 # ----------------------------------------------------------------------------- two time-scale learning rates
 
 
