@@ -54,6 +54,7 @@ CONTENDERS = {
     "study-wgan-gp": ("configs/study.yaml", "wgan-gp"),
     "laptop": ("configs/laptop.yaml", None),
 }
+DEFAULT_CONTENDERS = ",".join(CONTENDERS)
 KEYS = ("fd_learned", "fd_hand", "kid_learned", "ndb_k", "inception_score", "beat_share", "memo_nn_ratio")
 
 
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="generated clips per seed (default: evaluate.n)")
     p.add_argument("--music", help="folder of audio files (default: the dev music)")
     p.add_argument("--dataset", help="an already segmented mel dataset")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, from: " + ", ".join(CONTENDERS))
+    p.add_argument("--contenders", default=DEFAULT_CONTENDERS, help="comma-separated, from: " + ", ".join(CONTENDERS)
+                   + " and the --variant names (with --rescore: those of trained.json; default all)")
     p.add_argument("--parallel", type=int, default=1, help="contenders trained at once (threads = cores / N each)")
     p.add_argument("--out", default="out/bench-quality")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=value,...",
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         variants[vname] = (base, overrides)
-    unknown = [n for n in names if n not in CONTENDERS and n not in variants]
+    # a re-score knows its contenders from what trained (variants included)
+    unknown = [] if args.rescore else [n for n in names if n not in CONTENDERS and n not in variants]
     if unknown:
         p.error(f"unknown contenders {unknown}; known: {', '.join([*CONTENDERS, *variants])}")
     for name in variants:  # a bad key fails here, not after an hour of training
@@ -232,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         if not trained_file.is_file():
             p.error(f"--rescore: {trained_file} does not exist (no training finished in --out {out})")
-        trained = [t for t in json.loads(trained_file.read_text()) if t["name"] in names]
-        missing = sorted(set(names) - {t["name"] for t in trained})
-        if missing:
-            p.error(f"--rescore: {trained_file} has no {', '.join(missing)}")
+        trained = json.loads(trained_file.read_text())
+        if args.contenders != DEFAULT_CONTENDERS:  # else all of them
+            trained = [t for t in trained if t["name"] in names]
+            missing = sorted(set(names) - {t["name"] for t in trained})
+            if missing:
+                p.error(f"--rescore: {trained_file} has no {', '.join(missing)}")
     elif args.parallel > 1:
         with ProcessPoolExecutor(args.parallel) as pool:
             futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads, variants.get(n))

@@ -53,3 +53,13 @@ def test_rescore_without_a_finished_training_names_the_missing_file(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["--rescore", "--dataset", str(tmp_path), "--out", str(tmp_path / "out")])
     assert f"{tmp_path / 'out' / 'trained.json'} does not exist" in capsys.readouterr().err
+
+
+def test_rescore_names_a_contender_that_did_not_train(tmp_path, capsys):
+    from bench_quality import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "trained.json").write_text('[{"name": "fast", "checkpoint": "x.pt"}]')
+    with pytest.raises(SystemExit):  # fast is a variant of that run: known without --variant
+        main(["--rescore", "--dataset", str(tmp_path), "--out", str(tmp_path / "out"), "--contenders", "fast,slow"])
+    assert "trained.json has no slow" in capsys.readouterr().err
