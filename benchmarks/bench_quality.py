@@ -155,8 +155,10 @@ def score(trained: dict[str, Any], dataset: Path, seeds: int, n: int | None, rea
         base = report.baseline.get(k, float("nan"))
         figures[k] = {"mean": round(mean, 4), "std": round(std, 4), "baseline": round(base, 4),
                       "ceiling": round(report.ceiling.get(k, float("nan")), 4),
-                      "ratio": round(mean / base, 3) if base else None,
-                      "ratio_std": round(std / base, 3) if base else None}
+                      # a ratio reads as "times the real baseline" only against a positive one (the
+                      # unbiased KID of real against real is about 0 and can be negative)
+                      "ratio": round(mean / base, 3) if base > 0 else None,
+                      "ratio_std": round(std / base, 3) if base > 0 else None}
     return {**trained, "metrics": figures, "n_generated": report.info.get("n_generated"),
             "ndb_clips": report.info.get("ndb_clips")}, real
 
@@ -209,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         variants[vname] = (base, overrides)
     # a re-score knows its contenders from what trained (variants included)
     unknown = [] if args.rescore else [n for n in names if n not in CONTENDERS and n not in variants]
+    if args.recipe not in names and not args.rescore:
+        p.error(f"--recipe {args.recipe}: not among the contenders ({', '.join(names)}); the targets are "
+                "checked for it, so name one of them")
     if unknown:
         p.error(f"unknown contenders {unknown}; known: {', '.join([*CONTENDERS, *variants])}")
     for name in variants:  # a bad key fails here, not after an hour of training
@@ -241,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             missing = sorted(set(names) - {t["name"] for t in trained})
             if missing:
                 p.error(f"--rescore: {trained_file} has no {', '.join(missing)}")
+        if args.recipe not in {t["name"] for t in trained}:
+            p.error(f"--recipe {args.recipe}: {trained_file} has no such contender")
     elif args.parallel > 1:
         with ProcessPoolExecutor(args.parallel) as pool:
             futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads, variants.get(n))

@@ -63,3 +63,24 @@ def test_rescore_names_a_contender_that_did_not_train(tmp_path, capsys):
     with pytest.raises(SystemExit):  # fast is a variant of that run: known without --variant
         main(["--rescore", "--dataset", str(tmp_path), "--out", str(tmp_path / "out"), "--contenders", "fast,slow"])
     assert "trained.json has no slow" in capsys.readouterr().err
+
+
+def test_a_recipe_that_is_not_a_contender_is_refused_before_training(tmp_path, capsys):
+    from bench_quality import main
+
+    with pytest.raises(SystemExit):
+        main(["--dataset", str(tmp_path), "--out", str(tmp_path / "out"), "--contenders", "study-dcgan2"])
+    assert "--recipe laptop: not among the contenders (study-dcgan2)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_a_ratio_is_only_given_against_a_positive_baseline(tmp_path, monkeypatch):
+    import bench_quality
+    from types import SimpleNamespace
+
+    report = SimpleNamespace(metrics={"fd_learned": 7.2, "kid_learned": 0.8}, metrics_std={"fd_learned": 0.3},
+                             baseline={"fd_learned": 0.72, "kid_learned": -0.18}, ceiling={}, info={})
+    monkeypatch.setattr("pipeline.evaluate.evaluate.evaluate_checkpoint", lambda *a, **k: (report, None))
+    scored, _ = bench_quality.score({"checkpoint": "x.pt"}, tmp_path, 3, None)
+    assert scored["metrics"]["fd_learned"]["ratio"] == 10.0
+    assert scored["metrics"]["kid_learned"]["ratio"] is None and scored["metrics"]["kid_learned"]["mean"] == 0.8
