@@ -222,8 +222,11 @@ def test_a_named_run_with_a_preset_trains_the_recipe_on_this_configs_data_and_tr
         (recipe.train.loss, recipe.model.spectral_norm, recipe.data.normalize, recipe.train.ema_decay)
     # ...on this config's data, tracking and mel, with the entry's budget and overrides applied last
     assert (run.train.dataset, run.tracking.experiment, run.mel) == ("/data/x", "mine", base.mel)
-    assert (run.train.max_minutes, run.train.max_steps, run.model.g_width, run.train.score_every) == (5.0, 700, 16, 175)
-    assert (run.model.g_width, run.model.g_dropout) == (recipe.model.g_width, recipe.model.g_dropout) == (16, 0.0)
+    assert (run.train.max_minutes, run.train.max_steps, run.train.score_every) == (5.0, 700, 175)
+    # the quickstart's own widths, Dropout and learning rate are not the recipe's: the recipe's win
+    assert (run.model.g_width, run.model.g_dropout, run.train.lr_g) == \
+        (recipe.model.g_width, recipe.model.g_dropout, recipe.train.lr_g) == (24, 0.0, 4e-4)
+    assert (base.model.g_width, base.model.g_dropout, base.train.lr_g) == (16, 0.2, None)
     assert base.model.name == "dcgan1" and run.model.name == "dcgan2"
     with pytest.raises(ConfigError, match="known: laptop"):
         named_run(base, "nope")
