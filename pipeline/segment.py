@@ -34,6 +34,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -329,6 +330,11 @@ def _process_file_safe(path: Path, source: str, out: Path, cfg: MelConfig, seg: 
 
 
 def _worker_init() -> None:
+    # A forked worker inherits the parent's signal handlers. With a Python-level SIGTERM
+    # handler there (scrape's, a caller's), Pool.terminate() at the end of segment could
+    # wait forever on a worker that is blocked in C and never runs it: the default action
+    # ends the worker whatever it is doing.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # one thread per worker process: the parallelism is across files
     import torch
 

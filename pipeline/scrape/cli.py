@@ -59,10 +59,15 @@ def main(args: argparse.Namespace, backend: Optional[Backend] = None) -> int:
         raise UserError(str(e)) from None
     entries = load_playlists(args.playlists)
     backend = backend or make_backend(config.backend, config)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
-    summary = scrape(entries, args.out, backend, config, shard, max_tracks=args.max_tracks, dry_run=args.dry_run,
-                     retry_failed=args.retry_failed, progress=not args.no_progress)
+    try:
+        summary = scrape(entries, args.out, backend, config, shard, max_tracks=args.max_tracks,
+                         dry_run=args.dry_run, retry_failed=args.retry_failed, progress=not args.no_progress)
+    finally:  # a caller in the same process (a test, a notebook) gets its own handling back
+        if previous is not None:  # None: set outside Python, nothing to restore from here
+            signal.signal(signal.SIGTERM, previous)
     status = summary.exit_status(config.max_failure_share)
     ok = status == 0
     head = "dry run: would fetch" if args.dry_run else ("scrape finished" if ok else "scrape FAILED")

@@ -567,7 +567,9 @@ def test_dry_run_fails_when_no_playlist_could_be_listed(tmp_path, server, capsys
 
     backend, _ = catalog(server, n_playlists=2, per=2, dup=False)
     backend.list_errors = errors
+    before = signal.getsignal(signal.SIGTERM)
     assert cli.main(_cli_args(tmp_path, "--dry-run"), backend=backend) == expected
+    assert signal.getsignal(signal.SIGTERM) is before  # its handler for the pod's SIGTERM does not outlive it
     assert "playlists not listed" in capsys.readouterr().out
     assert not (tmp_path / "out").exists() and server.requests == []
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import multiprocessing as mp
 import json
 import os
 import signal
@@ -273,3 +274,22 @@ def test_a_damaged_part_record_names_the_file(tmp_path, damage, capsys):
     assert cli_main(["segment", "--merge", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(part) in err and "Traceback" not in err
+
+
+def _sigterm_is_default() -> bool:
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_segment_workers_end_on_sigterm_whatever_handler_the_caller_installed():
+    """Pool.terminate() ends segment's workers with SIGTERM. A forked worker inherits the
+    caller's handlers; a Python-level one never runs while the worker is blocked in C, and
+    segment then waited forever for it (seen in CI after the scrape CLI had run in-process)."""
+    from pipeline.segment import _worker_init
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        with mp.get_context("fork").Pool(1, initializer=_worker_init) as pool:
+            assert pool.apply(_sigterm_is_default) is True
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the caller's own stays
+    finally:
+        signal.signal(signal.SIGTERM, previous)
