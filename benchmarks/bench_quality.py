@@ -54,7 +54,6 @@ CONTENDERS = {
     "study-wgan-gp": ("configs/study.yaml", "wgan-gp"),
     "laptop": ("configs/laptop.yaml", None),
 }
-DEFAULT_CONTENDERS = ",".join(CONTENDERS)
 KEYS = ("fd_learned", "fd_hand", "kid_learned", "ndb_k", "inception_score", "beat_share", "memo_nn_ratio")
 
 
@@ -190,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="generated clips per seed (default: evaluate.n)")
     p.add_argument("--music", help="folder of audio files (default: the dev music)")
     p.add_argument("--dataset", help="an already segmented mel dataset")
-    p.add_argument("--contenders", default=DEFAULT_CONTENDERS, help="comma-separated, from: " + ", ".join(CONTENDERS)
-                   + " and the --variant names (with --rescore: those of trained.json; default all)")
+    p.add_argument("--contenders", help="comma-separated, from: " + ", ".join(CONTENDERS) + " and the --variant "
+                   "names (default: those three; with --rescore: all of trained.json)")
     p.add_argument("--parallel", type=int, default=1, help="contenders trained at once (threads = cores / N each)")
     p.add_argument("--out", default="out/bench-quality")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=value,...",
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(its trained.json) without training again")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    chosen = [n.strip() for n in args.contenders.split(",") if n.strip()] if args.contenders else None
     variants: dict[str, tuple[str, dict[str, Any]]] = {}
     for text in args.variant:
         try:
@@ -209,19 +208,30 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         variants[vname] = (base, overrides)
-    # a re-score knows its contenders from what trained (variants included)
-    unknown = [] if args.rescore else [n for n in names if n not in CONTENDERS and n not in variants]
-    if args.recipe not in names and not args.rescore:
+    out = Path(args.out).resolve()
+    trained_file = out / "trained.json"
+    trained: list[dict[str, Any]] | None = None
+    if args.rescore:  # the contenders are what trained (variants included)
+        if not trained_file.is_file():
+            p.error(f"--rescore: {trained_file} does not exist (no training finished in --out {out})")
+        trained = [t for t in json.loads(trained_file.read_text()) if chosen is None or t["name"] in chosen]
+        names = [t["name"] for t in trained]
+        missing = sorted(set(chosen or ()) - set(names))
+        if missing:
+            p.error(f"--rescore: {trained_file} has no {', '.join(missing)}")
+    else:
+        names = chosen or list(CONTENDERS)
+        unknown = [n for n in names if n not in CONTENDERS and n not in variants]
+        if unknown:
+            p.error(f"unknown contenders {unknown}; known: {', '.join([*CONTENDERS, *variants])}")
+    if args.recipe not in names:
         p.error(f"--recipe {args.recipe}: not among the contenders ({', '.join(names)}); the targets are "
                 "checked for it, so name one of them")
-    if unknown:
-        p.error(f"unknown contenders {unknown}; known: {', '.join([*CONTENDERS, *variants])}")
     for name in variants:  # a bad key fails here, not after an hour of training
         try:
             contender_config(name, Path("."), Path("."), args.minutes, None, variants[name])
         except Exception as e:
             p.error(f"--variant {name}: {e}")
-    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     dataset = dataset_for(args, out)
     cores = os.cpu_count() or 1
@@ -236,26 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     # train: one after another, or N at a time in separate processes; what trained is
     # written down first, so a failure while scoring costs a re-score (--rescore), not the training
     t0 = time.perf_counter()
-    trained_file = out / "trained.json"
-    if args.rescore:
-        if not trained_file.is_file():
-            p.error(f"--rescore: {trained_file} does not exist (no training finished in --out {out})")
-        trained = json.loads(trained_file.read_text())
-        if args.contenders != DEFAULT_CONTENDERS:  # else all of them
-            trained = [t for t in trained if t["name"] in names]
-            missing = sorted(set(names) - {t["name"] for t in trained})
-            if missing:
-                p.error(f"--rescore: {trained_file} has no {', '.join(missing)}")
-        if args.recipe not in {t["name"] for t in trained}:
-            p.error(f"--recipe {args.recipe}: {trained_file} has no such contender")
-    elif args.parallel > 1:
-        with ProcessPoolExecutor(args.parallel) as pool:
-            futures = [pool.submit(run_contender, n, str(dataset), str(out), args.minutes, threads, variants.get(n))
-                       for n in names]
-            trained = [f.result() for f in futures]
-    else:
-        trained = [run_contender(n, str(dataset), str(out), args.minutes, threads, variants.get(n)) for n in names]
-    if not args.rescore:
+    if trained is None:  # else --rescore read it
+        jobs = [(n, str(dataset), str(out), args.minutes, threads, variants.get(n)) for n in names]
+        if args.parallel > 1:
+            with ProcessPoolExecutor(args.parallel) as pool:
+                trained = [f.result() for f in [pool.submit(run_contender, *job) for job in jobs]]
+        else:
+            trained = [run_contender(*job) for job in jobs]
         atomic_write_text(trained_file, json.dumps(trained, indent=2) + "\n")
 
     # score every contender with the same real data, encoder and seeds

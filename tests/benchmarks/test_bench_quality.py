@@ -84,3 +84,14 @@ def test_a_ratio_is_only_given_against_a_positive_baseline(tmp_path, monkeypatch
     scored, _ = bench_quality.score({"checkpoint": "x.pt"}, tmp_path, 3, None)
     assert scored["metrics"]["fd_learned"]["ratio"] == 10.0
     assert scored["metrics"]["kid_learned"]["ratio"] is None and scored["metrics"]["kid_learned"]["mean"] == 0.8
+
+
+def test_rescore_takes_every_contender_that_trained_and_checks_the_recipe_among_them(tmp_path, capsys):
+    from bench_quality import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "trained.json").write_text('[{"name": "fast", "checkpoint": "x.pt"}]')
+    with pytest.raises(SystemExit):  # no --contenders: all of trained.json, a variant name included
+        main(["--rescore", "--dataset", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "--recipe laptop: not among the contenders (fast)" in err and "unknown contenders" not in err

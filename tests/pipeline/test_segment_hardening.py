@@ -2,8 +2,8 @@
 
 import hashlib
 import itertools
-import multiprocessing as mp
 import json
+import multiprocessing as mp
 import os
 import signal
 import subprocess
