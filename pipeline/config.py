@@ -258,6 +258,12 @@ class ModelConfig(Section):
     g_upsample: Literal["transposed", "nearest"] = Field(
         "transposed", description="how the generator doubles its map: the figures' stride-2 ConvTranspose2d, or "
         "nearest-neighbour upsampling then a 3x3 Conv2d (Odena et al. 2016: no checkerboard); same channels")
+    d_time_branch: bool = Field(False, description="a second critic path beside the figure's: 1D convolutions "
+                                "along time with the mel bins as channels (4 d_width wide), so each feature spans "
+                                "every band and deeper ones compare neighbouring beats; its score is added")
+    g_time_branch: bool = Field(False, description="a second generator path beside the figure's: 1D transposed "
+                                "convolutions along time with the mel bins as output channels (4 g_width wide), "
+                                "making whole frames; its output is added before the Tanh")
 
 
 class StudyRunConfig(Section):

@@ -20,8 +20,10 @@ score for the WGANs.
 
 Options (off by default, so the figures hold) sit around ``net``, never inside it:
 spectral normalisation reparametrises the critic's convolutions in place
-(``apply_spectral_norm``), and per-bin normalisation adds a fixed affine layer at the
-critic's input (``BinStandardize``) and at the generator's output (``BinDenormalize``).
+(``apply_spectral_norm``), per-bin normalisation adds a fixed affine layer at the
+critic's input (``BinStandardize``) and at the generator's output (``BinDenormalize``),
+and the time branches (``TimeCritic``, ``TimeGenerator``) add a second path beside ``net``
+whose output is summed with the figure's before its last activation.
 """
 
 from __future__ import annotations
@@ -117,36 +119,102 @@ class BinDenormalize(_BinAffine):
 
 class Generator(nn.Module):
     """z [B, Z] or [B, Z, 1, 1] -> mel [B, 1, R, R] in [-1, 1]. ``net`` is the figure's sequence;
-    ``denorm`` (per_bin normalisation, else None) maps its output back to the dataset's space."""
+    ``time_branch`` (``TimeGenerator``, else None) adds its frames to ``net``'s before the Tanh;
+    ``denorm`` (per_bin normalisation, else None) maps the output back to the dataset's space."""
 
     def __init__(self, net: nn.Sequential, latent_dim: int, resolution: int):
         super().__init__()
         self.net = net
         self.latent_dim = latent_dim
         self.resolution = resolution
+        self.time_branch: TimeGenerator | None = None
         self.denorm: BinDenormalize | None = None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]  # [B, Z] -> [B, Z, 1, 1]
-        y = self.net(z)  # [B, 1, R, R]
+        if self.time_branch is None:
+            y = self.net(z)  # [B, 1, R, R]
+        else:
+            y = self.net[-1](self.net[:-1](z) + self.time_branch(z))  # the figure's Tanh over the sum
         return y if self.denorm is None else self.denorm(y)
 
 
 class Critic(nn.Module):
     """mel [B, 1, R, R] -> [B] (probability for DCGANs, score for WGANs). ``net`` is the figure's
-    sequence; ``standardize`` (per_bin normalisation, else None) comes before it."""
+    sequence; ``standardize`` (per_bin normalisation, else None) comes before it; ``time_branch``
+    (``TimeCritic``, else None) adds its score to ``net``'s, before the Sigmoid if there is one."""
 
     def __init__(self, net: nn.Sequential, resolution: int):
         super().__init__()
         self.net = net
         self.resolution = resolution
         self.standardize: BinStandardize | None = None
+        self.time_branch: TimeCritic | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize is not None:
             x = self.standardize(x)
-        return self.net(x).reshape(x.shape[0])  # [B, 1, 1, 1] -> [B]
+        if self.time_branch is None:
+            return self.net(x).reshape(x.shape[0])  # [B, 1, 1, 1] -> [B]
+        sigmoid = isinstance(self.net[-1], nn.Sigmoid)
+        body = self.net[:-1] if sigmoid else self.net
+        score = body(x).reshape(x.shape[0]) + self.time_branch(x)  # [B]
+        return torch.sigmoid(score) if sigmoid else score
+
+
+class TimeCritic(nn.Module):
+    """[B, 1, R, R] -> [B]: a critic path that reads each frame's whole spectrum at once.
+
+    The figures' critics see 4x4 patches and combine distant frames only linearly, in
+    their last layer; a beat is a relation between frames (an onset across most bands,
+    repeated every ~5.5 frames at 64 frames per clip). Here mel bins are the channels of
+    1D convolutions along time, so every feature spans all bands and the deeper ones
+    compare a few beats (receptive field ~20 frames at R = 64) before the last layer
+    sums over the clip."""
+
+    def __init__(self, resolution: int, width: int, slope: float):
+        super().__init__()
+        r, c = resolution, width
+        self.net = nn.Sequential(
+            nn.Conv1d(r, c, 3, 1, 1, bias=True), nn.LeakyReLU(slope, inplace=True),   # [B, c, T]
+            nn.Conv1d(c, c, 4, 2, 1, bias=True), nn.LeakyReLU(slope, inplace=True),   # [B, c, T/2]
+            nn.Conv1d(c, c, 4, 2, 1, bias=True), nn.LeakyReLU(slope, inplace=True),   # [B, c, T/4]
+            nn.Conv1d(c, 1, r // 4, 1, 0, bias=False),                                # [B, 1, 1]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[:, 0]).reshape(x.shape[0])  # [B, 1, M, T] -> [B, M, T] -> [B]
+
+
+class TimeGenerator(nn.Module):
+    """z [B, Z, 1, 1] -> [B, 1, R, R], added to the figure generator's output before its Tanh:
+    a path that makes whole frames (mel bins as the channels of 1D transposed convolutions
+    along time), so an onset across all bands is one feature rather than R/8 cells of the
+    2D map agreeing."""
+
+    def __init__(self, latent_dim: int, resolution: int, width: int):
+        super().__init__()
+        r, c = resolution, width
+        self.net = nn.Sequential(
+            nn.ConvTranspose1d(latent_dim, c, r // 8, 1, 0, bias=False), nn.BatchNorm1d(c), nn.ReLU(True),  # [B, c, T/8]
+            nn.ConvTranspose1d(c, c, 4, 2, 1, bias=False), nn.BatchNorm1d(c), nn.ReLU(True),  # [B, c, T/4]
+            nn.ConvTranspose1d(c, c, 4, 2, 1, bias=False), nn.BatchNorm1d(c), nn.ReLU(True),  # [B, c, T/2]
+            nn.ConvTranspose1d(c, c, 4, 2, 1, bias=False), nn.BatchNorm1d(c), nn.ReLU(True),  # [B, c, T]
+            nn.Conv1d(c, r, 1, 1, 0, bias=False),                                            # [B, M, T]
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[..., 0])[:, None]  # [B, Z, 1, 1] -> [B, Z, 1] -> [B, M, T] -> [B, 1, M, T]
+
+
+def add_time_branch(module: Generator | Critic, width: int, slope: float = 0.2) -> None:
+    """Give a generator a ``TimeGenerator`` or a critic a ``TimeCritic`` of ``width`` channels
+    (before initialisation and spectral normalisation, which then cover it)."""
+    if isinstance(module, Generator):
+        module.time_branch = TimeGenerator(module.latent_dim, module.resolution, width)
+    else:
+        module.time_branch = TimeCritic(module.resolution, width, slope)
 
 
 def bin_scale(std: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -179,8 +247,9 @@ def normalization_meta(generator: nn.Module) -> dict[str, Any]:
 
 
 def apply_spectral_norm(critic: nn.Module) -> int:
-    """Spectral normalisation (Miyato et al. 2018) on every Conv2d of ``critic``; returns how many."""
-    convs = [m for m in critic.modules() if isinstance(m, nn.Conv2d)]
+    """Spectral normalisation (Miyato et al. 2018) on every convolution of ``critic`` (the time
+    branch's too); returns how many."""
+    convs = [m for m in critic.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d))]
     for m in convs:
         nn.utils.parametrizations.spectral_norm(m)
     return len(convs)
@@ -262,11 +331,11 @@ def normalization_problem(norm: Any, resolution: int) -> str | None:
 def init_weights(module: nn.Module) -> None:
     """DCGAN initialisation (Radford et al.): conv weights N(0, 0.02), norm scales N(1, 0.02)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv1d, nn.ConvTranspose1d)):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.BatchNorm1d)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 

@@ -5,7 +5,7 @@ be overridden by the ``train`` config section (a null there means "model default
 An entry describes its model's defaults (loss kind, whether its critic ends in a Sigmoid,
 its regulariser: WGAN-WC's clip, WGAN-GP's penalty); the options (``train.loss``,
 ``lr_g``/``lr_d``, ``r1_gamma``, ``model.spectral_norm``, ``model.minibatch_std``,
-``model.g_upsample``, per-bin statistics) apply to any entry the same way, with no
+``model.g_upsample``, ``model.d_time_branch``/``g_time_branch``, per-bin statistics) apply to any entry the same way, with no
 per-model branch.
 
     spec = get_model("wgan-gp")
@@ -77,13 +77,16 @@ class ModelSpec:
     def build_generator(self, model_cfg: ModelConfig, resolution: int = 64,
                         bin_stats: BinStats | None = None) -> networks.Generator:
         """z [B, latent_dim] (or [B, latent_dim, 1, 1]) -> [B, 1, R, R] in [-1, 1], DCGAN-initialised,
-        its doubling layers resize convolutions when ``model_cfg.g_upsample`` is nearest.
+        its doubling layers resize convolutions when ``model_cfg.g_upsample`` is nearest, with a
+        frame-making ``TimeGenerator`` beside the figure's layers when ``model_cfg.g_time_branch``.
 
         With ``bin_stats`` (per_bin normalisation) the Tanh output y becomes
         clamp(mean + scale * y, -1, 1) per row, scale = ``networks.bin_scale(std)``."""
         g = self.generator(model_cfg, resolution)
         if model_cfg.g_upsample == "nearest":
             networks.use_resize_convolutions(g)
+        if model_cfg.g_time_branch:
+            networks.add_time_branch(g, 4 * model_cfg.g_width)
         networks.init_weights(g)
         if bin_stats is not None:
             networks.add_bin_normalization(g, bin_stats["mean"], networks.bin_scale(bin_stats["std"]))
@@ -98,6 +101,7 @@ class ModelSpec:
                      bin_stats: BinStats | None = None) -> networks.Critic:
         """[B, 1, R, R] -> [B] (probability for a bce-trained DCGAN, score otherwise), DCGAN-initialised,
         with the minibatch spread before its last convolution when ``model_cfg.minibatch_std``,
+        a ``TimeCritic`` beside the figure's layers when ``model_cfg.d_time_branch``,
         spectrally normalised when ``model_cfg.spectral_norm``; with ``bin_stats`` its input is
         standardised per row first. Pass the ``train_cfg`` that ``make_loss`` gets: the loss kind
         decides whether a DCGAN critic keeps its Sigmoid."""
@@ -106,6 +110,8 @@ class ModelSpec:
             d.net = nn.Sequential(*list(d.net)[:-1])
         if model_cfg.minibatch_std:
             networks.add_minibatch_std(d)
+        if model_cfg.d_time_branch:
+            networks.add_time_branch(d, 4 * model_cfg.d_width, model_cfg.leaky_slope)
         networks.init_weights(d)
         if model_cfg.spectral_norm:
             networks.apply_spectral_norm(d)

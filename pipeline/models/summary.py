@@ -61,11 +61,17 @@ def summarize(name: str, model_cfg: ModelConfig, resolution: int) -> str:
     z = torch.zeros(2, model_cfg.latent_dim)  # [B, Z]
     x = torch.zeros(2, 1, resolution, resolution)  # [B, 1, R, R]
     fig = lambda f: f.replace("figure", "Figure ")  # noqa: E731
-    return "\n\n".join([
+    tables = [
         f"{spec.description} at {resolution}x{resolution}, latent {model_cfg.latent_dim}",
         format_table(f"{spec.critic_kind.capitalize()} ({fig(spec.critic_figure)})", layer_table(d, x)),
         format_table(f"Generator ({fig(spec.generator_figure)})", layer_table(g, z)),
-    ])
+    ]
+    # the options' extra paths are not in the figures: their own tables, so the totals stay the figures'
+    for title, branch, example in (("Critic time branch (model.d_time_branch)", d.time_branch, x),
+                                   ("Generator time branch (model.g_time_branch)", g.time_branch, z[:, :, None, None])):
+        if branch is not None:
+            tables.append(format_table(title, layer_table(branch, example)))
+    return "\n\n".join(tables)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -215,6 +215,74 @@ def test_a_resize_convolution_has_no_checkerboard():
     assert torch.allclose(transposed[..., ::2, ::2], transposed[..., 2::2, 2::2][..., :1, :1].expand(1, 2, 6, 6))
 
 
+# ----------------------------------------------------------------------------- time branches
+
+TIME = ModelConfig(g_width=4, d_width=4, latent_dim=8, d_time_branch=True, g_time_branch=True)
+
+
+def _last(module: nn.Module, kind: type) -> nn.Module:
+    return [m for m in module.modules() if isinstance(m, kind)][-1]
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_time_branches_add_their_output_to_the_figures_and_keep_them(name, resolution):
+    """With the figures' weights copied over, the option's networks differ from the plain ones
+    exactly by their branch: zero its last layer and the outputs agree again."""
+    spec = get_model(name)
+    tc = TrainConfig(loss="hinge")  # raw scores: a difference is not squashed by a Sigmoid
+    torch.manual_seed(0)
+    plain_g, plain_d = spec.build_generator(SMALL, resolution), spec.build_critic(SMALL, resolution, tc)
+    g, d = spec.build_generator(TIME, resolution), spec.build_critic(TIME, resolution, tc)
+    assert layer_types(g) == layer_types(plain_g) and layer_types(d) == layer_types(plain_d)  # the figures hold
+    g.net.load_state_dict(plain_g.net.state_dict())
+    d.net.load_state_dict(plain_d.net.state_dict())
+    for m in (plain_g, plain_d, g, d):
+        m.eval()
+    z, x = torch.randn(3, 8), torch.rand(3, 1, resolution, resolution) * 2 - 1
+    with torch.no_grad():
+        assert g(z).shape == (3, 1, resolution, resolution) and d(x).shape == (3,)
+        assert not torch.allclose(g(z), plain_g(z)) and not torch.allclose(d(x), plain_d(x))
+        # the critic's branch reads whole frames: its score is the figure's plus the branch's
+        assert torch.allclose(d(x), plain_d(x) + d.time_branch(x), atol=1e-6)
+        _last(g.time_branch, nn.Conv1d).weight.zero_()
+        _last(d.time_branch, nn.Conv1d).weight.zero_()
+        assert torch.allclose(g(z), plain_g(z), atol=1e-6) and torch.allclose(d(x), plain_d(x), atol=1e-6)
+
+
+def test_the_time_critic_sees_every_band_of_a_frame_and_its_score_is_inside_the_sigmoid():
+    spec = get_model("dcgan2")
+    torch.manual_seed(0)
+    d = spec.build_critic(TIME, 32).eval()  # bce: the figure's Sigmoid stays
+    branch = d.time_branch.net
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    y = x.clone()
+    y[:, :, 31, 10] += 1.0  # the top band of frame 10 only
+    with torch.no_grad():
+        first = (branch[1](branch[0](y[:, 0])) - branch[1](branch[0](x[:, 0]))).abs().amax(dim=(0, 1))  # [T]
+        scores = d(x)
+    assert torch.all(first[9:12] > 0) and torch.all(first[:9] == 0) and torch.all(first[12:] == 0)
+    assert torch.all((scores > 0) & (scores < 1))  # a probability: the branch's score went in before the Sigmoid
+    sn = spec.build_critic(TIME.model_copy(update={"spectral_norm": True}), 32, TrainConfig(loss="hinge"))
+    convs = [m for m in sn.time_branch.modules() if isinstance(m, nn.Conv1d)]
+    assert len(convs) == 4 and all(torch.nn.utils.parametrize.is_parametrized(m) for m in convs)
+
+
+def test_a_generator_with_a_time_branch_round_trips_through_its_checkpoint(tmp_path):
+    from pipeline import checkpoint as ckpt
+    from pipeline.config import MelConfig
+
+    g = get_model("dcgan2").build_generator(TIME, 32)
+    meta = {"model": "dcgan2", "model_config": TIME.model_dump(), "resolution": 32,
+            "latent_dim": TIME.latent_dim, "mel_config": MelConfig().to_dict()}
+    loaded, _ = ckpt.load_generator(ckpt.save_generator(tmp_path / "g.pt", g, meta))
+    assert loaded.time_branch is not None
+    z = torch.randn(2, TIME.latent_dim)
+    assert torch.equal(loaded(z), g.eval()(z))
+    table = __import__("pipeline.models.summary", fromlist=["summarize"]).summarize("dcgan2", TIME, 32)
+    assert "Critic time branch" in table and "Generator time branch" in table
+
+
 # ----------------------------------------------------------------------------- two time-scale learning rates
 
 

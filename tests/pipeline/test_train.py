@@ -112,7 +112,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": "adaptive", "train.augment_p": 0.3,
           "train.augment_interval": 1, "train.augment_speed": 40, "train.r1_gamma": 1.0, "train.r1_every": 3,
           "train.loss": "hinge", "model.spectral_norm": True, "data.normalize": "per_bin", "train.lr_g": 1e-4,
-          "train.lr_d": 4e-4, "model.minibatch_std": True, "model.g_upsample": "nearest"}
+          "train.lr_d": 4e-4, "model.minibatch_std": True, "model.g_upsample": "nearest",
+          "model.d_time_branch": True, "model.g_time_branch": True}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
