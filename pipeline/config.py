@@ -74,9 +74,24 @@ class Section(BaseModel):
         if isinstance(v, str):
             if str not in kinds:
                 raise ValueError(f"expected {_kind_names(kinds)}, got a string ({v!r})")
+            words = _literal_strings(field.annotation)
+            if bool in kinds and words is not None and v not in words:
+                # pydantic would read "yes" as true for the bool half of a switch with named values
+                raise ValueError(f"expected true/false or one of {sorted(words)}, got {v!r}")
             if not v.strip() and field.default != "":
                 raise ValueError("must not be empty")
         return v
+
+
+def _literal_strings(annotation: Any) -> set[str] | None:
+    """The strings a field admits when they are all named by Literals (None when any string is)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_literal_strings(a) for a in typing.get_args(annotation)]
+        return None if any(p is None for p in parts) else set().union(*parts)  # type: ignore[arg-type]
+    if origin is Literal:
+        return {a for a in typing.get_args(annotation) if isinstance(a, str)}
+    return None if annotation is str else set()
 
 
 def _kind_names(kinds: set[type]) -> str:
@@ -296,7 +311,9 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1, le=65536)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="mixed precision (bfloat16 autocast) on CUDA only")
+    amp: bool | Literal["auto"] = Field(True, description="bfloat16 autocast: true = on CUDA only; auto = on CUDA "
+                                        "and on a CPU that computes bfloat16 natively (AVX512-BF16 or AMX); "
+                                        "false = never")
     workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
     cache_in_memory: bool = Field(True, description="resize the training set once and keep it in RAM")
     optimizer: Optional[Literal["adam", "rmsprop"]] = None

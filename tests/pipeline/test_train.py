@@ -485,14 +485,38 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
     assert state["opt_g"]["param_groups"][0]["lr"] == 1e-4 and state["opt_d"]["param_groups"][0]["lr"] == 4e-4
     assert any("parametrizations" in k for k in state["critic"])
     # minibatch std: the critic's last convolution has one more input channel than the figure's
-    last = [v for k, v in state["critic"].items() if k.endswith("original")][-1]
+    last = [v for k, v in state["critic"].items() if k.startswith("net.") and k.endswith("original")][-1]
     assert last.shape[1] == 4 * config.model.d_width + 1
+    # time branches: trained beside the figures' layers, in both networks
+    for net in ("critic", "generator"):
+        assert any(k.startswith("time_branch.") for k in state[net]), net
+    assert any(k.startswith("time_branch.") for k in served)
     # per-bin normalisation: saved in the checkpoint, and the generator's output stays a mel in [-1, 1]
     g, meta = ckpt.load_generator(result.generator_path)
     assert meta["normalization"]["kind"] == "per_bin" and len(meta["normalization"]["mean"]) == 32
     with torch.no_grad():
         out = g(torch.randn(8, 16))
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_amp_auto_trains_in_bfloat16_on_a_cpu_that_has_it_and_in_float32_on_one_that_has_not(
+        tmp_path, small_dataset, monkeypatch):
+    from pipeline.train import loop
+
+    cpu = torch.device("cpu")
+    assert loop.autocast_for(cpu, True) is None and loop.autocast_for(cpu, False) is None  # true: CUDA only
+    runs = {}
+    for name, amp, native in (("fp32", True, True), ("auto-no-bf16", "auto", False), ("auto", "auto", True)):
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
+        ctx = loop.autocast_for(cpu, amp)
+        assert (ctx is not None and ctx.fast_dtype == torch.bfloat16) == (name == "auto")
+        result = train(make_config(tmp_path / name, small_dataset, max_steps=3, amp=amp))
+        params = tracking.get_client(f"sqlite:///{tmp_path / name / 'mlflow.db'}").get_run(result.run_id).data.params
+        assert params["run.precision"] == ("bfloat16" if name == "auto" else "float32")
+        runs[name] = _weights(result.run_dir)
+    # float32 where the CPU lacks bfloat16: the same weights as amp off; bfloat16 moved them differently
+    assert all(torch.equal(runs["fp32"][k], runs["auto-no-bf16"][k]) for k in runs["fp32"])
+    assert not all(torch.equal(runs["fp32"][k], runs["auto"][k]) for k in runs["fp32"])
 
 
 def test_the_best_checkpoint_is_the_one_with_the_lowest_logged_score(tmp_path, small_dataset):
