@@ -1,7 +1,8 @@
 """Training throughput: `technogan train` against a bare loop of the same arithmetic. Prints JSON.
 
     .venv/bin/python benchmarks/bench_train.py [--width 32] [--batch-size 16] [--dcgan-steps 30]
-                                               [--wgan-steps 7] [--device cpu|cuda] [--out FILE]
+                                               [--wgan-steps 7] [--device cpu|cuda] [--amp true|auto|false]
+                                               [--out FILE]
 
 For each model at 64x64: real samples per second of ``technogan train`` (its function,
 ``pipeline.train.train``, on a synthetic 576-clip dataset, MLflow logging every step to a
@@ -13,7 +14,8 @@ logging, gradient norms or checkpointing. Figures are medians over the steps aft
 first, best of ``--rounds`` interleaved rounds. Target: ratio >= 0.9.
 The steps stay inside the first epoch, so the figures are the steady state of a long
 run (epoch-end sample grids and checkpoints amortise over thousands of steps).
-On CUDA the same figures are taken with bfloat16 mixed precision.
+Both sides run at the precision ``train.amp`` gives on the device (``--amp``, default true:
+bfloat16 autocast on CUDA; auto: also on a CPU with native bfloat16), stated in the JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import torch
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.models.registry import MODELS, get_model
+from pipeline.train.loop import autocast_for
 from pipeline.train.step import gan_step
+
 
 def make_dataset(root: Path) -> Path:
     from pipeline.config import MelConfig, SegmentConfig
@@ -43,7 +47,7 @@ def make_dataset(root: Path) -> Path:
     return root / "dataset"
 
 
-def bare_loop(name: str, width: int, batch: int, steps: int, device: str, amp: bool) -> list[float]:
+def bare_loop(name: str, width: int, batch: int, steps: int, device: str, amp: bool | str) -> list[float]:
     """Samples/s of each gan_step on in-memory tensors (the first, warm-up step dropped)."""
     torch.manual_seed(0)
     spec = get_model(name)
@@ -53,19 +57,19 @@ def bare_loop(name: str, width: int, batch: int, steps: int, device: str, amp: b
     opt_g, opt_d = spec.make_optimizers(g, d, TrainConfig())
     reals = [torch.rand(batch, 1, 64, 64, device=device) * 2 - 1 for _ in range(loss.n_critic)]
     rng = torch.Generator(device=device).manual_seed(0)
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else (lambda: None)
     rates = []
     for _ in range(steps):
         t = time.perf_counter()
-        gan_step(g, d, loss, opt_g, opt_d, reals, mc.latent_dim, rng, ctx(), with_norms=False)
+        gan_step(g, d, loss, opt_g, opt_d, reals, mc.latent_dim, rng, autocast_for(torch.device(device), amp),
+                 with_norms=False)
         if device == "cuda":
             torch.cuda.synchronize()
         rates.append(loss.n_critic * batch / (time.perf_counter() - t))
     return rates[1:]
 
 
-def technogan_train(name: str, width: int, batch: int, steps: int, device: str, dataset: Path,
-                    work: Path) -> list[float]:
+def technogan_train(name: str, width: int, batch: int, steps: int, device: str, amp: bool | str,
+                    dataset: Path, work: Path) -> list[float]:
     """Samples/s of each step of ``pipeline.train.train`` (what `technogan train` runs), as the
     run measures them: step end to step end, data, logging and checkpoint time included."""
     from pipeline.config import load_config
@@ -74,7 +78,7 @@ def technogan_train(name: str, width: int, batch: int, steps: int, device: str, 
     config = load_config(None, {
         "data.resolution": 64, "model.name": name, "model.g_width": width, "model.d_width": width,
         "train.batch_size": batch, "train.epochs": 1, "train.max_steps": steps, "train.progress": False,
-        "train.device": device, "train.dataset": str(dataset), "train.out_dir": str(work / "train"),
+        "train.device": device, "train.amp": amp, "train.dataset": str(dataset), "train.out_dir": str(work / "train"),
         "tracking.uri": f"sqlite:///{work / 'mlflow.db'}", "tracking.experiment": "bench",
         "tracking.spool_dir": str(work / "spool")})
     result = train(config)
@@ -95,6 +99,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", default="true", choices=["true", "auto", "false"], help="train.amp for both sides")
     ap.add_argument("--dataset", help="an existing mel dataset (default: synthesize 32 tracks of 90 s)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -102,7 +107,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = Path(tmp)
         dataset = Path(args.dataset) if args.dataset else make_dataset(work)
-        report = {"device": args.device, "amp": args.device == "cuda", "resolution": 64, "width": args.width,
+        amp: bool | str = {"true": True, "false": False}.get(args.amp, args.amp)
+        bf16 = autocast_for(torch.device(args.device), amp) is not None
+        report = {"device": args.device, "amp": args.amp, "precision": "bfloat16" if bf16 else "float32",
+                  "resolution": 64, "width": args.width,
                   "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                   "cpu": platform.processor() or platform.machine(), "target_ratio": 0.9, "models": {}}
         if args.device == "cuda":
@@ -113,9 +121,8 @@ def main() -> None:
             # neighbour's burst should not decide the ratio
             bare, ours = [], []
             for _ in range(args.rounds):
-                bare.append(median(bare_loop(name, args.width, args.batch_size, steps, args.device,
-                                             args.device == "cuda")))
-                ours.append(median(technogan_train(name, args.width, args.batch_size, steps, args.device,
+                bare.append(median(bare_loop(name, args.width, args.batch_size, steps, args.device, amp)))
+                ours.append(median(technogan_train(name, args.width, args.batch_size, steps, args.device, amp,
                                                    dataset, work)))
             b, o = max(bare), max(ours)
             report["models"][name] = {"steps": steps, "train_samples_per_s": round(o, 1),
