@@ -227,6 +227,7 @@ def test_a_named_run_with_a_preset_trains_the_recipe_on_this_configs_data_and_tr
     assert (run.model.g_width, run.model.g_dropout, run.train.lr_g) == \
         (recipe.model.g_width, recipe.model.g_dropout, recipe.train.lr_g) == (24, 0.0, 4e-4)
     assert (base.model.g_width, base.model.g_dropout, base.train.lr_g) == (16, 0.2, None)
+    assert (run.train.amp, base.train.amp) == (recipe.train.amp, True) == ("auto", True)  # the study runs: float32 on CPU
     assert base.model.name == "dcgan1" and run.model.name == "dcgan2"
     with pytest.raises(ConfigError, match="known: laptop"):
         named_run(base, "nope")
