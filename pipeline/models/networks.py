@@ -169,9 +169,9 @@ class TimeCritic(nn.Module):
     The figures' critics see 4x4 patches and combine distant frames only linearly, in
     their last layer; a beat is a relation between frames (an onset across most bands,
     repeated every ~5.5 frames at 64 frames per clip). Here mel bins are the channels of
-    1D convolutions along time, so every feature spans all bands and the deeper ones
-    compare a few beats (receptive field ~20 frames at R = 64) before the last layer
-    sums over the clip."""
+    1D convolutions along time, so every feature spans all bands and the deepest ones
+    compare about two beats (a receptive field of 12 frames) before the last layer
+    weighs them over the clip."""
 
     def __init__(self, resolution: int, width: int, slope: float):
         super().__init__()
