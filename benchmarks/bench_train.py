@@ -57,11 +57,11 @@ def bare_loop(name: str, width: int, batch: int, steps: int, device: str, amp: b
     opt_g, opt_d = spec.make_optimizers(g, d, TrainConfig())
     reals = [torch.rand(batch, 1, 64, 64, device=device) * 2 - 1 for _ in range(loss.n_critic)]
     rng = torch.Generator(device=device).manual_seed(0)
+    autocast = autocast_for(torch.device(device), amp)  # one context, entered each step, as the loop does
     rates = []
     for _ in range(steps):
         t = time.perf_counter()
-        gan_step(g, d, loss, opt_g, opt_d, reals, mc.latent_dim, rng, autocast_for(torch.device(device), amp),
-                 with_norms=False)
+        gan_step(g, d, loss, opt_g, opt_d, reals, mc.latent_dim, rng, autocast, with_norms=False)
         if device == "cuda":
             torch.cuda.synchronize()
         rates.append(loss.n_critic * batch / (time.perf_counter() - t))

@@ -17,6 +17,7 @@ run writes none (the last good one stays) and ends FAILED with the reason as a t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -163,6 +164,7 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@functools.cache  # the hardware does not change while we run
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (oneDNN's check: AVX512-BF16 or AMX)."""
     try:
