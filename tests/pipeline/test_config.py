@@ -225,10 +225,11 @@ def test_a_named_run_with_a_preset_trains_the_recipe_on_this_configs_data_and_tr
     assert (run.train.max_minutes, run.train.max_steps, run.train.score_every) == (5.0, 700, 175)
     # the quickstart's own widths, Dropout and learning rate are not the recipe's: the recipe's win
     assert (run.model.g_width, run.model.g_dropout, run.train.lr_g) == \
-        (recipe.model.g_width, recipe.model.g_dropout, recipe.train.lr_g) == (24, 0.0, 4e-4)
+        (recipe.model.g_width, recipe.model.g_dropout, recipe.train.lr_g) == (24, 0.0, 6e-4)
     assert (base.model.g_width, base.model.g_dropout, base.train.lr_g) == (16, 0.2, None)
     assert (run.train.amp, base.train.amp) == (recipe.train.amp, True) == ("auto", True)  # the study runs: float32 on CPU
     assert base.model.name == "dcgan1" and run.model.name == "dcgan2"
+    assert (run.model.d_time_branch, run.train.ema_decay, base.model.d_time_branch) == (True, 0.995, False)
     with pytest.raises(ConfigError, match="known: laptop"):
         named_run(base, "nope")
     bad = tmp_path / "bad.yaml"
