@@ -105,7 +105,8 @@ class Augment:
 
     def observe_sign(self, sign_sum: torch.Tensor, n: int) -> None:
         """As ``observe``, from the sum of sign(D(x_real)) over ``n`` real clips (the loss objects
-        report the mean as the named number ``d_real_sign``: pass ``d_real_sign * B, B``)."""
+        report the mean as the named number ``d_real_sign``, and ``gan_step`` its mean over the
+        critic steps: pass ``d_real_sign * n, n`` for the n real clips of those steps)."""
         if self.mode != "adaptive":
             return
         self._sign_sum += sign_sum.detach().to(self.device, torch.float32)

@@ -367,7 +367,8 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                 if state.ema is not None:
                     state.ema.update(generator, state.step - 1)
                 if state.augment is not None:  # adaptive strength follows the critic's confidence on reals
-                    state.augment.observe_sign(numbers["d_real_sign"] * tc.batch_size, tc.batch_size)
+                    seen = len(reals) * tc.batch_size  # d_real_sign is the mean over every critic step's reals
+                    state.augment.observe_sign(numbers["d_real_sign"] * seen, seen)
                     numbers["augment_p"] = state.augment.p
                 values = {k: float(v) for k, v in numbers.items()}
 

@@ -27,14 +27,18 @@ def gan_step(generator: nn.Module, critic: nn.Module, loss: GANLoss, opt_g: torc
              opt_d: torch.optim.Optimizer, reals: Sequence[torch.Tensor], latent_dim: int,
              rng: torch.Generator, autocast: contextlib.AbstractContextManager | None = None,
              with_norms: bool = True) -> dict[str, torch.Tensor]:
-    """Train on ``reals`` (``loss.n_critic`` batches [B, 1, R, R]); returns named 0-d tensors.
+    """Train on ``reals`` (``loss.n_critic`` batches [B, 1, R, R]); returns named 0-d tensors:
+    the critic's numbers averaged over its steps (a WGAN's five critic steps differ, and
+    the last alone is a noisy reading), the critic's gradient norm of its last step.
 
     The fake batch of the last critic step is kept (with its graph) for the generator
     step, as in the DCGAN reference: one generator forward fewer per step.
     """
     amp = autocast or contextlib.nullcontext()
-    numbers: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}  # a lazy penalty reports on some critic steps only
     fake = None
+    d_grad_norm = None
     for i, real in enumerate(reals):
         last = i == len(reals) - 1
         z = torch.randn(real.shape[0], latent_dim, generator=rng, device=real.device)  # [B, Z]
@@ -45,10 +49,15 @@ def gan_step(generator: nn.Module, critic: nn.Module, loss: GANLoss, opt_g: torc
             d_loss, numbers_d = loss.critic_loss(critic, real, fake.detach(), rng)
         d_loss.backward()
         if last and with_norms:
-            numbers_d["d_grad_norm"] = grad_norm(critic).detach()
+            d_grad_norm = grad_norm(critic).detach()
         opt_d.step()
         loss.after_critic_step(critic)
-    numbers.update(numbers_d)
+        for k, v in numbers_d.items():  # summed on the device: no sync per critic step
+            sums[k] = sums[k] + v if k in sums else v
+            counts[k] = counts.get(k, 0) + 1
+    numbers = {k: v / counts[k] for k, v in sums.items()}
+    if d_grad_norm is not None:
+        numbers["d_grad_norm"] = d_grad_norm
     opt_g.zero_grad(set_to_none=True)
     assert fake is not None, "gan_step needs at least one real batch"
     with amp:

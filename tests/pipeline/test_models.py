@@ -150,6 +150,31 @@ def test_one_training_step_changes_both_networks(name):
     assert ("gradient_penalty" in numbers) == (name == "wgan-gp")
 
 
+@pytest.mark.parametrize("name", ["wgan-gp", "wgan-wc"])
+def test_a_step_reports_the_critics_numbers_averaged_over_its_critic_steps(name):
+    torch.manual_seed(0)
+    spec = get_model(name)
+    g, d = spec.build_generator(SMALL, 32), spec.build_critic(SMALL, 32)
+    loss = spec.make_loss(TrainConfig())
+    opt_g, opt_d = spec.make_optimizers(g, d, TrainConfig(lr=1e-2))
+    seen, critic_loss = [], loss.critic_loss
+
+    def recording(*args):
+        out = critic_loss(*args)
+        seen.append({k: float(v) for k, v in out[1].items()})
+        return out
+
+    loss.critic_loss = recording
+    reals = [torch.rand(4, 1, 32, 32) * 2 - 1 for _ in range(loss.n_critic)]
+    numbers = gan_step(g, d, loss, opt_g, opt_d, reals, SMALL.latent_dim, torch.Generator().manual_seed(0))
+    assert len(seen) == loss.n_critic == 5
+    for key in seen[0]:
+        steps = [s[key] for s in seen]
+        assert float(numbers[key]) == pytest.approx(sum(steps) / len(steps), rel=1e-5), key
+    # the steps differ, so the last one alone would not pass the check above
+    assert len({round(s["d_loss"], 6) for s in seen}) > 1
+
+
 def test_weight_clipping_holds_after_a_step():
     _, d, loss, _, _ = _one_step("wgan-wc")
     assert loss.clip_value == 0.01
