@@ -41,6 +41,7 @@ Tags: ``technogan.model``, ``mlflow.source.git.commit``, ``technogan.status``
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -104,11 +105,40 @@ def _configure_http(timeout_s: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout_s))))
 
 
+_READY_SQLITE: set[str] = set()
+
+
 def get_client(uri: str | None = None):
-    """An MlflowClient for ``tracking_uri(uri)``."""
+    """An MlflowClient for ``tracking_uri(uri)``; a SQLite store is created under a lock first."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(uri))
+    target = tracking_uri(uri)
+    if target.startswith("sqlite:///") and target not in _READY_SQLITE:
+        with _sqlite_store_lock(target):
+            client = MlflowClient(tracking_uri=target)  # creates (or migrates) the tracking store's tables
+            client.search_registered_models(max_results=1)  # and the model registry's, on first use
+        _READY_SQLITE.add(target)
+        return client
+    return MlflowClient(tracking_uri=target)
+
+
+@contextlib.contextmanager
+def _sqlite_store_lock(uri: str):
+    """One process at a time creates (or migrates) a SQLite store's tables. MLflow creates
+    them on a store's first use without a lock: runs started together on a fresh
+    ``mlflow.db`` failed with "table ... already exists" or an alembic version mismatch
+    (4 of 4 tries with 4 processes). The lock file sits beside the database."""
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    try:
+        lock = open(db.with_name(db.name + ".lock"), "a")
+    except OSError:  # no folder, or not writable: MLflow's own error names the store
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def ensure_experiment(client, name: str) -> str:

@@ -210,3 +210,31 @@ def test_two_runs_racing_to_create_their_dataset_both_get_it_as_input(tmp_path, 
     first.log_dataset(entity)
     assert first.finish() is True and second.finish() is True
     assert client.get_run(first.run_id).inputs.dataset_inputs[0].dataset.digest == "feedbeef"
+
+
+def _first_use_of_the_store(uri: str, start) -> str:
+    from tracking import runs
+
+    start.wait()  # every process has imported MLflow: now they touch the fresh store at once
+    try:
+        runs.ensure_experiment(runs.get_client(uri), "together")
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - the test reports what each process met
+        return f"{type(e).__name__}: {str(e)[:120]}"
+
+
+@pytest.mark.slow
+def test_processes_that_create_a_fresh_sqlite_store_together_all_get_it(tmp_path):
+    """MLflow creates a SQLite store's tables on first use without a lock: without ours,
+    4 processes doing so together failed with "table ... already exists" 4 times in 4."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    (tmp_path / "fresh").mkdir()
+    with ctx.Manager() as manager:
+        start = manager.Barrier(4, timeout=300)
+        with ctx.Pool(4, initializer=__import__, initargs=("mlflow",)) as pool:
+            results = pool.starmap(_first_use_of_the_store, [(uri, start)] * 4, chunksize=1)
+    assert results == ["ok"] * 4
+    assert [e.name for e in tracking.get_client(uri).search_experiments()].count("together") == 1
