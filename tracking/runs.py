@@ -89,12 +89,15 @@ def tracking_uri(configured: str | None = None) -> str:
     return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB_NAME}"
 
 
+def _sqlite_db(uri: str) -> Path | None:
+    """The database file of a SQLite store's URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def _local_artifact_root(uri: str) -> str | None:
     """For a SQLite store, the artifact folder beside the database file (file URI)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        return (db.parent / ARTIFACT_DIR_NAME).resolve().as_uri()
-    return None
+    db = _sqlite_db(uri)
+    return None if db is None else (db.parent / ARTIFACT_DIR_NAME).resolve().as_uri()
 
 
 def _configure_http(timeout_s: float) -> None:
@@ -113,24 +116,24 @@ def get_client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     target = tracking_uri(uri)
-    if target.startswith("sqlite:///") and target not in _READY_SQLITE:
-        with _sqlite_store_lock(target):
-            client = MlflowClient(tracking_uri=target)  # creates (or migrates) the tracking store's tables
-            client.search_registered_models(max_results=1)  # and the model registry's, on first use
-        _READY_SQLITE.add(target)
-        return client
-    return MlflowClient(tracking_uri=target)
+    db = _sqlite_db(target)
+    if db is None or target in _READY_SQLITE:
+        return MlflowClient(tracking_uri=target)
+    with _sqlite_store_lock(db):
+        client = MlflowClient(tracking_uri=target)  # creates (or migrates) the tracking store's tables
+        client.search_registered_models(max_results=1)  # and the model registry's, on first use
+    _READY_SQLITE.add(target)
+    return client
 
 
 @contextlib.contextmanager
-def _sqlite_store_lock(uri: str):
+def _sqlite_store_lock(db: Path):
     """One process at a time creates (or migrates) a SQLite store's tables. MLflow creates
     them on a store's first use without a lock: runs started together on a fresh
     ``mlflow.db`` failed with "table ... already exists" or an alembic version mismatch
     (4 of 4 tries with 4 processes). The lock file sits beside the database."""
     import fcntl
 
-    db = Path(uri[len("sqlite:///"):])
     try:
         lock = open(db.with_name(db.name + ".lock"), "a")
     except OSError:  # no folder, or not writable: MLflow's own error names the store
