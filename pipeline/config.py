@@ -276,6 +276,10 @@ class ModelConfig(Section):
     d_time_branch: bool = Field(False, description="a second critic path beside the figure's: 1D convolutions "
                                 "along time with the mel bins as channels (4 d_width wide), so each feature spans "
                                 "every band and deeper ones compare neighbouring beats; its score is added")
+    d_rhythm_branch: bool = Field(False, description="a third critic path: the onsets' autocorrelation at every "
+                                  "lag up to half the clip, per 4 bands of mel rows (where beats fall and how "
+                                  "loud they are do not matter, their regularity does), scored by 3 layers "
+                                  "4 d_width wide; its score is added")
     g_time_branch: bool = Field(False, description="a second generator path beside the figure's: 1D transposed "
                                 "convolutions along time with the mel bins as output channels (4 g_width wide), "
                                 "making whole frames; its output is added before the Tanh")

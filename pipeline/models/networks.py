@@ -151,15 +151,19 @@ class Critic(nn.Module):
         self.resolution = resolution
         self.standardize: BinStandardize | None = None
         self.time_branch: TimeCritic | None = None
+        self.rhythm_branch: RhythmCritic | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize is not None:
             x = self.standardize(x)
-        if self.time_branch is None:
+        branches = [b for b in (self.time_branch, self.rhythm_branch) if b is not None]
+        if not branches:
             return self.net(x).reshape(x.shape[0])  # [B, 1, 1, 1] -> [B]
         sigmoid = isinstance(self.net[-1], nn.Sigmoid)
         body = self.net[:-1] if sigmoid else self.net
-        score = body(x).reshape(x.shape[0]) + self.time_branch(x)  # [B]
+        score = body(x).reshape(x.shape[0])  # [B]
+        for branch in branches:
+            score = score + branch(x)
         return torch.sigmoid(score) if sigmoid else score
 
 
@@ -185,6 +189,47 @@ class TimeCritic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x[:, 0]).reshape(x.shape[0])  # [B, 1, M, T] -> [B, M, T] -> [B]
+
+
+class RhythmCritic(nn.Module):
+    """[B, 1, R, R] -> [B]: a critic path that scores the clip's rhythm from a fixed description of it.
+
+    Convolutions see a beat only as a pattern at some position; its periodicity (onsets
+    every ~6 frames wherever the bar starts) is what techno has and noise lacks. Here the
+    onsets (each frame's rise over the previous one, averaged over ``bands`` groups of mel
+    rows: kick, bass, mids, hats) are reduced to their autocorrelation at every lag up to
+    half the clip, normalised by lag 0 and so blind to where the beats fall and to their
+    loudness (given beside it, as a log). Three layers score that; the gradient reaches the
+    generator through the same arithmetic, so it is told how regular its onsets are."""
+
+    def __init__(self, resolution: int, width: int, slope: float, bands: int = 4):
+        super().__init__()
+        if resolution % bands:
+            raise ValueError(f"the rhythm branch needs mel rows divisible by {bands}, got {resolution}")
+        self.bands, lags = bands, resolution // 2
+        # 1-wide convolutions are dense layers that the DCGAN initialisation and spectral norm already cover
+        self.net = nn.Sequential(
+            nn.Conv1d(bands, width, lags + 1, 1, 0, bias=True), nn.LeakyReLU(slope, inplace=True),  # [B, c, 1]
+            nn.Conv1d(width, width, 1, 1, 0, bias=True), nn.LeakyReLU(slope, inplace=True),       # [B, c, 1]
+            nn.Conv1d(width, 1, 1, 1, 0, bias=False),                                              # [B, 1, 1]
+        )
+
+    def describe(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, M, T] -> [B, bands, T/2 + 1]: log onset energy, then the normalised
+        autocorrelation at lags 1 .. T/2, per band."""
+        m = x[:, 0].float()  # [B, M, T]; the FFT and the ratio in float32 under any autocast
+        b, rows, t = m.shape
+        rise = torch.relu(m[:, :, 1:] - m[:, :, :-1])  # [B, M, T-1]
+        env = rise.reshape(b, self.bands, rows // self.bands, t - 1).mean(2)  # [B, K, T-1]
+        env = env - env.mean(-1, keepdim=True)
+        n = 2 * (t - 1)  # zero-padded: lags do not wrap around the clip
+        spec = torch.fft.rfft(env, n=n)
+        acf = torch.fft.irfft(spec.real.square() + spec.imag.square(), n=n)[..., : t // 2 + 1]  # [B, K, T/2+1]
+        energy = acf[..., :1]  # [B, K, 1]
+        return torch.cat([torch.log(energy / (t - 1) + 1e-4), acf[..., 1:] / (energy + 1e-2)], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.describe(x)).reshape(x.shape[0])  # [B, K, T/2+1] -> [B]
 
 
 class TimeGenerator(nn.Module):
@@ -215,6 +260,12 @@ def add_time_branch(module: Generator | Critic, width: int, slope: float = 0.2) 
         module.time_branch = TimeGenerator(module.latent_dim, module.resolution, width)
     else:
         module.time_branch = TimeCritic(module.resolution, width, slope)
+
+
+def add_rhythm_branch(critic: Critic, width: int, slope: float = 0.2) -> None:
+    """Give a critic a ``RhythmCritic`` of ``width`` channels (before initialisation and
+    spectral normalisation, which then cover it)."""
+    critic.rhythm_branch = RhythmCritic(critic.resolution, width, slope)
 
 
 def bin_scale(std: Sequence[float] | torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ be overridden by the ``train`` config section (a null there means "model default
 An entry describes its model's defaults (loss kind, whether its critic ends in a Sigmoid,
 its regulariser: WGAN-WC's clip, WGAN-GP's penalty); the options (``train.loss``,
 ``lr_g``/``lr_d``, ``r1_gamma``, ``model.spectral_norm``, ``model.minibatch_std``,
-``model.g_upsample``, ``model.d_time_branch``/``g_time_branch``, per-bin statistics) apply to any entry the same way, with no
-per-model branch.
+``model.g_upsample``, ``model.d_time_branch``/``g_time_branch``/``d_rhythm_branch``,
+per-bin statistics) apply to any entry the same way, with no per-model branch.
 
     spec = get_model("wgan-gp")
     G = spec.build_generator(config.model, resolution=64)   # z [B, latent_dim] -> [B, 1, 64, 64]
@@ -101,7 +101,8 @@ class ModelSpec:
                      bin_stats: BinStats | None = None) -> networks.Critic:
         """[B, 1, R, R] -> [B] (probability for a bce-trained DCGAN, score otherwise), DCGAN-initialised,
         with the minibatch spread before its last convolution when ``model_cfg.minibatch_std``,
-        a ``TimeCritic`` beside the figure's layers when ``model_cfg.d_time_branch``,
+        a ``TimeCritic`` beside the figure's layers when ``model_cfg.d_time_branch``, a ``RhythmCritic``
+        when ``model_cfg.d_rhythm_branch``,
         spectrally normalised when ``model_cfg.spectral_norm``; with ``bin_stats`` its input is
         standardised per row first. Pass the ``train_cfg`` that ``make_loss`` gets: the loss kind
         decides whether a DCGAN critic keeps its Sigmoid."""
@@ -112,6 +113,8 @@ class ModelSpec:
             networks.add_minibatch_std(d)
         if model_cfg.d_time_branch:
             networks.add_time_branch(d, 4 * model_cfg.d_width, model_cfg.leaky_slope)
+        if model_cfg.d_rhythm_branch:
+            networks.add_rhythm_branch(d, 4 * model_cfg.d_width, model_cfg.leaky_slope)
         networks.init_weights(d)
         if model_cfg.spectral_norm:
             networks.apply_spectral_norm(d)

@@ -68,6 +68,7 @@ def summarize(name: str, model_cfg: ModelConfig, resolution: int) -> str:
     ]
     # the options' extra paths are not in the figures: their own tables, so the totals stay the figures'
     for title, branch, example in (("Critic time branch (model.d_time_branch)", d.time_branch, x),
+                                   ("Critic rhythm branch (model.d_rhythm_branch)", d.rhythm_branch, x),
                                    ("Generator time branch (model.g_time_branch)", g.time_branch, z[:, :, None, None])):
         if branch is not None:
             tables.append(format_table(title, layer_table(branch, example)))

@@ -230,6 +230,7 @@ def test_a_named_run_with_a_preset_trains_the_recipe_on_this_configs_data_and_tr
     assert (run.train.amp, base.train.amp) == (recipe.train.amp, True) == ("auto", True)  # the study runs: float32 on CPU
     assert base.model.name == "dcgan1" and run.model.name == "dcgan2"
     assert (run.model.d_time_branch, run.train.ema_decay, base.model.d_time_branch) == (True, 0.995, False)
+    assert (run.model.d_rhythm_branch, base.model.d_rhythm_branch) == (True, False)
     with pytest.raises(ConfigError, match="known: laptop"):
         named_run(base, "nope")
     bad = tmp_path / "bad.yaml"

@@ -285,6 +285,61 @@ def test_a_generator_with_a_time_branch_round_trips_through_its_checkpoint(tmp_p
     assert "Critic time branch" in table and "Generator time branch" in table
 
 
+# ----------------------------------------------------------------------------- the critic's rhythm branch
+
+RHYTHM = ModelConfig(g_width=4, d_width=4, latent_dim=8, d_rhythm_branch=True)
+
+
+def pulse(period: int, start: int = 0, resolution: int = 64, level: float = 1.0) -> torch.Tensor:
+    """[1, 1, R, R]: silence (-1) with an onset across every band every ``period`` frames from ``start``."""
+    x = torch.full((1, 1, resolution, resolution), -1.0)
+    x[..., start::period] = -1.0 + level
+    return x
+
+
+def test_the_rhythm_critic_reads_the_period_of_the_onsets_not_where_they_fall_or_how_loud():
+    branch = get_model("dcgan2").build_critic(RHYTHM, 64, TrainConfig(loss="hinge")).rhythm_branch
+    six, six_later, six_soft, eleven = (branch.describe(x) for x in (
+        pulse(6), pulse(6, start=3), pulse(6, level=0.5), pulse(11)))  # [1, 4, 33]: log energy, lags 1..32
+    assert six.shape == (1, 4, 33)
+    # a pulse every 6 frames correlates with itself at lags 6 and 12 and not between
+    assert (six[0, :, 6] > 0.7).all() and (six[0, :, 12] > 0.5).all() and (six[0, :, 1:6].abs() < 0.3).all()
+    assert (eleven[0, :, 11] > 0.7).all() and (eleven[0, :, 6].abs() < 0.3).all()
+    # where the bar starts and how loud it is move the autocorrelation little; only the energy column sees loudness
+    assert torch.allclose(six[..., 1:], six_later[..., 1:], atol=0.1)
+    assert torch.allclose(six[..., 1:], six_soft[..., 1:], atol=0.05)
+    assert (six[..., 0] - six_soft[..., 0] > 1.0).all()  # log energy: a quarter of the rise's square
+    # the bands are separate: onsets in the lowest rows only leave the top band's description flat
+    low = pulse(6)
+    low[:, :, 16:] = -1.0
+    d = branch.describe(low)
+    assert (d[0, 0, 6] > 0.7).all() and d[0, 3, 1:].abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_rhythm_branch_adds_its_score_and_passes_the_generator_a_gradient(name):
+    spec = get_model(name)
+    tc = TrainConfig(loss="hinge")
+    torch.manual_seed(0)
+    plain, d = spec.build_critic(SMALL, 64, tc), spec.build_critic(RHYTHM, 64, tc)
+    assert layer_types(d) == layer_types(plain) and d.time_branch is None  # the figure holds
+    d.net.load_state_dict(plain.net.state_dict())
+    plain.eval(), d.eval()
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(d(x), plain(x) + d.rhythm_branch(x), atol=1e-6)
+        assert not torch.allclose(d(x), plain(x))
+    # the generator is told about its rhythm through the branch alone
+    g = spec.build_generator(SMALL, 64)
+    d.rhythm_branch(g(torch.randn(4, 8))).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.net[0].parameters())
+    # spectral norm covers its layers; the summary lists it apart from the figure
+    sn = spec.build_critic(RHYTHM.model_copy(update={"spectral_norm": True}), 64, tc)
+    convs = [m for m in sn.rhythm_branch.modules() if isinstance(m, nn.Conv1d)]
+    assert len(convs) == 3 and all(torch.nn.utils.parametrize.is_parametrized(m) for m in convs)
+    assert "Critic rhythm branch" in summarize(name, RHYTHM, 64)
+
+
 # ----------------------------------------------------------------------------- two time-scale learning rates
 
 

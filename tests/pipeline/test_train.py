@@ -113,7 +113,7 @@ RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": 
           "train.augment_interval": 1, "train.augment_speed": 40, "train.r1_gamma": 1.0, "train.r1_every": 3,
           "train.loss": "hinge", "model.spectral_norm": True, "data.normalize": "per_bin", "train.lr_g": 1e-4,
           "train.lr_d": 4e-4, "model.minibatch_std": True, "model.g_upsample": "nearest",
-          "model.d_time_branch": True, "model.g_time_branch": True}
+          "model.d_time_branch": True, "model.g_time_branch": True, "model.d_rhythm_branch": True}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
@@ -491,6 +491,7 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
     for net in ("critic", "generator"):
         assert any(k.startswith("time_branch.") for k in state[net]), net
     assert any(k.startswith("time_branch.") for k in served)
+    assert any(k.startswith("rhythm_branch.") for k in state["critic"])  # the critic's rhythm path trained too
     # per-bin normalisation: saved in the checkpoint, and the generator's output stays a mel in [-1, 1]
     g, meta = ckpt.load_generator(result.generator_path)
     assert meta["normalization"]["kind"] == "per_bin" and len(meta["normalization"]["mean"]) == 32
