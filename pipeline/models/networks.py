@@ -196,8 +196,9 @@ class RhythmCritic(nn.Module):
 
     Convolutions see a beat only as a pattern at some position; its periodicity (onsets
     every ~6 frames wherever the bar starts) is what techno has and noise lacks. Here the
-    onsets (each frame's rise over the previous one, averaged over ``bands`` groups of mel
-    rows: kick, bass, mids, hats) are reduced to their autocorrelation at every lag up to
+    onsets (each frame's rise over the previous one, averaged over ``bands`` equal groups of
+    mel rows, low to high, so a kick and a hi-hat count apart; ``onset_envelope`` of the
+    evaluation is the same rise, in dB and over all rows at once) are reduced to their autocorrelation at every lag up to
     half the clip, normalised by lag 0 and so blind to where the beats fall and to their
     loudness (given beside it, as a log). Three layers score that; the gradient reaches the
     generator through the same arithmetic, so it is told how regular its onsets are."""

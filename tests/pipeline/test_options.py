@@ -324,7 +324,8 @@ def test_the_rhythm_branch_adds_its_score_and_passes_the_generator_a_gradient(na
     plain, d = spec.build_critic(SMALL, 64, tc), spec.build_critic(RHYTHM, 64, tc)
     assert layer_types(d) == layer_types(plain) and d.time_branch is None  # the figure holds
     d.net.load_state_dict(plain.net.state_dict())
-    plain.eval(), d.eval()
+    plain.eval()
+    d.eval()
     x = torch.rand(3, 1, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(d(x), plain(x) + d.rhythm_branch(x), atol=1e-6)
