@@ -337,11 +337,23 @@ class TrainConfig(Section):
                                       "(Mescheder et al. 2018) added to the critic loss; null = off")
     r1_every: int = Field(16, ge=1, le=10000, description="lazy R1 (StyleGAN2): computed every r1_every-th "
                           "critic step and scaled by r1_every")
+    rhythm_match: Optional[float] = Field(None, gt=0.0, le=1e4, description="feature matching on the rhythm "
+                                          "(Salimans et al. 2016): this weight times the squared relative gap "
+                                          "between the generated and the real batch's periodicity per band "
+                                          "(mean square onset autocorrelation), added to the generator loss; "
+                                          "null = off")
     ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0, description="exponential moving average of the "
                                        "generator's weights (e.g. 0.999); samples, evaluation, checkpoints and "
                                        "serving use the average; null = off")
     ema_warmup_steps: int = Field(100, ge=0, le=10_000_000, description="the EMA decay ramps up from 0 over "
                                   "this many generator steps so the random initial weights are forgotten")
+    lr_decay: Literal["off", "linear", "cosine"] = Field(
+        "off", description="learning rates of both networks decay over the run's budget (its steps or its "
+        "max_minutes, whichever runs out first): constant until lr_decay_start of it, then down to "
+        "lr_decay_final times the rate at the end")
+    lr_decay_start: float = Field(0.5, ge=0.0, lt=1.0, description="share of the budget spent before the "
+                                  "decay begins")
+    lr_decay_final: float = Field(0.0, ge=0.0, le=1.0, description="the rates' multiplier at the budget's end")
     augment: Literal["off", "fixed", "adaptive"] = Field(
         "off", description="audio-safe augmentation of real and generated batches alike (pipeline/train/"
         "augment.py); adaptive (Karras et al. 2020) tunes its probability and is meant for small sets "
@@ -381,7 +393,7 @@ class TrainConfig(Section):
     pushgateway: Optional[str] = Field(None, description="host:port of a Prometheus Pushgateway")
     runs: dict[str, StudyRunConfig] = Field(default_factory=dict, description="named runs (--run NAME)")
 
-    @field_validator("augment", mode="before")
+    @field_validator("augment", "lr_decay", mode="before")
     @classmethod
     def _off(cls, v: Any) -> Any:
         # YAML 1.1 reads a bare `off` as false: take it for the word it was written as

@@ -216,21 +216,26 @@ class RhythmCritic(nn.Module):
         )
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 1, M, T] -> [B, bands, T/2 + 1]: log onset energy, then the normalised
-        autocorrelation at lags 1 .. T/2, per band."""
-        m = x[:, 0].float()  # [B, M, T]; the FFT and the ratio in float32 under any autocast
-        b, rows, t = m.shape
-        rise = torch.relu(m[:, :, 1:] - m[:, :, :-1])  # [B, M, T-1]
-        env = rise.reshape(b, self.bands, rows // self.bands, t - 1).mean(2)  # [B, K, T-1]
-        env = env - env.mean(-1, keepdim=True)
-        n = 2 * (t - 1)  # zero-padded: lags do not wrap around the clip
-        spec = torch.fft.rfft(env, n=n)
-        acf = torch.fft.irfft(spec.real.square() + spec.imag.square(), n=n)[..., : t // 2 + 1]  # [B, K, T/2+1]
-        energy = acf[..., :1]  # [B, K, 1]
-        return torch.cat([torch.log(energy / (t - 1) + 1e-4), acf[..., 1:] / (energy + 1e-2)], dim=-1)
+        """[B, 1, M, T] -> [B, bands, T/2 + 1] (``rhythm_description``)."""
+        return rhythm_description(x, self.bands)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.describe(x)).reshape(x.shape[0])  # [B, K, T/2+1] -> [B]
+
+
+def rhythm_description(x: torch.Tensor, bands: int = 4) -> torch.Tensor:
+    """[B, 1, M, T] -> [B, bands, T/2 + 1]: per band of mel rows, the log onset energy, then the
+    onsets' autocorrelation at lags 1 .. T/2 normalised by lag 0 (``RhythmCritic`` says why)."""
+    m = x[:, 0].float()  # [B, M, T]; the FFT and the ratio in float32 under any autocast
+    b, rows, t = m.shape
+    rise = torch.relu(m[:, :, 1:] - m[:, :, :-1])  # [B, M, T-1]
+    env = rise.reshape(b, bands, rows // bands, t - 1).mean(2)  # [B, K, T-1]
+    env = env - env.mean(-1, keepdim=True)
+    n = 2 * (t - 1)  # zero-padded: lags do not wrap around the clip
+    spec = torch.fft.rfft(env, n=n)
+    acf = torch.fft.irfft(spec.real.square() + spec.imag.square(), n=n)[..., : t // 2 + 1]  # [B, K, T/2+1]
+    energy = acf[..., :1]  # [B, K, 1]
+    return torch.cat([torch.log(energy / (t - 1) + 1e-4), acf[..., 1:] / (energy + 1e-2)], dim=-1)
 
 
 class TimeGenerator(nn.Module):

@@ -47,6 +47,7 @@ class OptimDefaults:
     lr_d: Optional[float] = None
     r1_gamma: Optional[float] = None
     r1_every: int = 16
+    rhythm_match: Optional[float] = None
 
     def required(self, key: str) -> float:
         """A loss setting its model cannot train without (the spec's defaults always set it)."""
@@ -138,13 +139,17 @@ class ModelSpec:
 
     def make_loss(self, train_cfg: TrainConfig | None = None) -> losses.GANLoss:
         """The model's loss with ``train.loss`` as its objective (bce becomes bce with logits on a
-        critic without Sigmoid) and a lazy R1 penalty when ``train.r1_gamma`` is set."""
+        critic without Sigmoid), a lazy R1 penalty when ``train.r1_gamma`` is set and the generator's
+        rhythm matching when ``train.rhythm_match`` is."""
         s = self.settings(train_cfg)
         objective: losses.Objective = s.loss
         if s.loss == "bce" and not self.critic_has_sigmoid(train_cfg):
             objective = "bce_logits"
         extra: list[losses.Penalty] = [losses.LazyR1(s.r1_gamma, s.r1_every)] if s.r1_gamma else []
-        return self.loss(s, objective, extra)
+        loss = self.loss(s, objective, extra)
+        if s.rhythm_match:
+            loss.matches.append(losses.RhythmMatch(s.rhythm_match))
+        return loss
 
     def make_optimizers(self, generator: nn.Module, critic: nn.Module,
                         train_cfg: TrainConfig | None = None) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:

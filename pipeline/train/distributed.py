@@ -70,13 +70,14 @@ def wrap(module: nn.Module, dist: Dist) -> nn.Module:
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
-def any_rank(flags: list[bool], dist: Dist) -> list[bool]:
-    """Each flag set on any rank (one all-reduce): all ranks must stop at the same step or DDP hangs."""
+def rank_max(values: list[float], dist: Dist) -> list[float]:
+    """Each value's largest over the ranks (one all-reduce): a flag set on any rank stops all
+    of them at the same step (or DDP hangs), and the slowest clock sets everyone's."""
     if not dist.enabled:
-        return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=dist.device)
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dist.device)
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return [bool(v > 0) for v in t.tolist()]
+    return t.tolist()
 
 
 def teardown(dist: Dist) -> None:

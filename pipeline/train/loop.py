@@ -41,6 +41,7 @@ from pipeline.train.augment import from_config as augment_from_config
 from pipeline.train.data import BatchStream
 from pipeline.train.ema import EMA
 from pipeline.train.monitor import DivergenceGuard
+from pipeline.train.schedule import LRDecay, budget_progress
 from pipeline.train.recorder import (GENERATOR_FILE, LATEST_POINTER, RESULT_FILE, SAMPLE_SEED_OFFSET, STATE_FILE,
                                      NullRecorder, Recorder, RunInfo)
 from pipeline.train.state import TrainingState
@@ -274,6 +275,8 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     critic = spec.build_critic(mc, resolution, tc, bin_stats).to(device)
     settings = spec.settings(tc)
     opt_g, opt_d = spec.make_optimizers(generator, critic, tc)
+    # before a resume loads the optimisers' saved (decayed) rates: the decay scales the configured ones
+    decay = LRDecay(tc.lr_decay, tc.lr_decay_start, tc.lr_decay_final, (opt_g, opt_d)) if tc.lr_decay != "off" else None
     autocast = autocast_for(device, tc.amp)
     state = TrainingState(
         generator, critic, opt_g, opt_d, spec.make_loss(tc), device=device, seed=tc.seed, rank=dist.rank,
@@ -343,7 +346,9 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     guard = DivergenceGuard(tc.max_abs_loss, tc.divergence_patience)
     status, reason = "finished", None
     rates: list[float] = []
-    deadline = time.monotonic() + 60.0 * tc.max_minutes if tc.max_minutes else None
+    budget_s = 60.0 * tc.max_minutes if tc.max_minutes else None
+    started = time.monotonic() - state.train_seconds  # a resumed run goes on with its budget's clock
+    deadline = started + budget_s if budget_s else None
     try:
         recorder.open(state, deadline)
         batches = stream.iterate(state.epoch, state.batch, tc.epochs)
@@ -359,7 +364,10 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                 if len(reals) < settings.n_critic:
                     break  # cannot happen while step < total_steps; kept as a guard
 
-                # one generator step after n_critic critic steps
+                # the learning rates for the share of the budget spent, then one generator step
+                # after n_critic critic steps
+                if decay is not None:
+                    lr_scale = decay.apply(budget_progress(state.step, total_steps, state.train_seconds, budget_s))
                 numbers = gan_step(g_model, d_model, state.loss, opt_g, opt_d, reals, mc.latent_dim,
                                    state.latent_rng, autocast)
                 state.step += 1
@@ -371,11 +379,15 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                     state.augment.observe_sign(numbers["d_real_sign"] * seen, seen)
                     numbers["augment_p"] = state.augment.p
                 values = {k: float(v) for k, v in numbers.items()}
+                if decay is not None:
+                    values["lr_scale"] = lr_scale
 
                 # stop on divergence, SIGTERM or the time budget, all ranks together
+                # (the ranks agree on the clock too: the learning rates they set from it must not differ)
                 why = guard.check(values, state.step, state.epoch)
-                out_of_time = deadline is not None and time.monotonic() >= deadline
-                stop, diverged, timed_out = distributed.any_rank([sigterm.set, why is not None, out_of_time], dist)
+                flags = distributed.rank_max([sigterm.set, why is not None, time.monotonic() - started], dist)
+                stop, diverged, state.train_seconds = bool(flags[0]), bool(flags[1]), flags[2]
+                timed_out = budget_s is not None and state.train_seconds >= budget_s
                 if diverged:
                     status, reason = "diverged", why or "diverged on another rank"
                     recorder.diverged(values, state.step)  # the NaN/exploded values, visible in the UI

@@ -48,6 +48,7 @@ class TrainingState:
         self.epoch = 0  # epochs completed before the current one
         self.batch = 0  # next batch within the current epoch
         self.samples_seen = 0
+        self.train_seconds = 0.0  # wall-clock time trained, across resumes: the time budget's clock
         self.history: dict[str, list[float]] = {}
         self.best: dict[str, Optional[float]] = {"score": None, "step": None}
 
@@ -92,7 +93,7 @@ class TrainingState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "augment": self.augment.state_dict() if self.augment is not None else None,
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch,
-                         "samples_seen": self.samples_seen},
+                         "samples_seen": self.samples_seen, "train_seconds": self.train_seconds},
             "rng": self._rng(),
             "history": self.history,
             "best": dict(self.best),
@@ -117,6 +118,7 @@ class TrainingState:
         p = state["progress"]
         self.step, self.epoch, self.batch, self.samples_seen = (
             int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"]), int(p["samples_seen"]))
+        self.train_seconds = float(p.get("train_seconds", 0.0))  # states saved before it was kept: 0
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.best = dict(state.get("best") or {"score": None, "step": None})
         rng = state["rng"]

@@ -341,6 +341,42 @@ def test_the_rhythm_branch_adds_its_score_and_passes_the_generator_a_gradient(na
     assert "Critic rhythm branch" in summarize(name, RHYTHM, 64)
 
 
+# ----------------------------------------------------------------------------- rhythm matching for the generator
+
+
+def test_rhythm_matching_is_zero_on_the_real_periodicity_and_pulls_a_flat_batch_towards_it():
+    match = losses.RhythmMatch(weight=2.0)
+    beats = torch.cat([pulse(6), pulse(8, start=2), pulse(11, start=5)])  # [3, 1, 64, 64]: periodic onsets
+    flat = (torch.rand(3, 1, 64, 64) * 0.1 - 1.0).requires_grad_()  # faint noise: no period
+    assert match(flat) == (None, {})  # before a critic step has shown it real clips
+    match.observe_real(beats)
+    assert (match.target > 0.05).all()  # each band's onsets correlate with themselves at their period
+    same, numbers = match(beats)
+    assert same is not None and float(same) == pytest.approx(0.0, abs=1e-10) and float(numbers["rhythm_match"]) == 0.0
+    term, numbers = match(flat)
+    assert term is not None and term.item() == pytest.approx(2.0 * numbers["rhythm_match"].item())
+    assert float(numbers["rhythm_match"]) > 0.5  # the flat batch's periodicity is far below the target's
+    # a step down the gradient makes the flat batch more periodic: the gap shrinks
+    term.backward()
+    with torch.no_grad():
+        stepped = flat - 0.05 * flat.grad / flat.grad.abs().max()
+    assert float(match(stepped)[1]["rhythm_match"]) < float(numbers["rhythm_match"])
+
+
+def test_rhythm_matching_reaches_the_loss_of_every_model_and_its_generator_numbers():
+    for name in MODELS:
+        spec = get_model(name)
+        assert spec.make_loss(TrainConfig()).matches == []
+        loss = spec.make_loss(TrainConfig(rhythm_match=3.0))
+        assert [(type(m).__name__, m.weight) for m in loss.matches] == [("RhythmMatch", 3.0)], name
+    spec, tc = get_model("dcgan2"), TrainConfig(loss="hinge", rhythm_match=1.0)
+    g, d = spec.build_generator(SMALL, 64), spec.build_critic(SMALL, 64, tc)
+    opt_g, opt_d = spec.make_optimizers(g, d, tc)
+    numbers = gan_step(g, d, spec.make_loss(tc), opt_g, opt_d, [torch.rand(4, 1, 64, 64) * 2 - 1], 8,
+                       torch.Generator().manual_seed(0))
+    assert float(numbers["rhythm_match"]) > 0  # computed against the critic step's real batch
+
+
 # ----------------------------------------------------------------------------- two time-scale learning rates
 
 

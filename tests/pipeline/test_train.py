@@ -113,7 +113,9 @@ RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": 
           "train.augment_interval": 1, "train.augment_speed": 40, "train.r1_gamma": 1.0, "train.r1_every": 3,
           "train.loss": "hinge", "model.spectral_norm": True, "data.normalize": "per_bin", "train.lr_g": 1e-4,
           "train.lr_d": 4e-4, "model.minibatch_std": True, "model.g_upsample": "nearest",
-          "model.d_time_branch": True, "model.g_time_branch": True, "model.d_rhythm_branch": True}
+          "model.d_time_branch": True, "model.g_time_branch": True, "model.d_rhythm_branch": True,
+          "train.lr_decay": "linear", "train.lr_decay_start": 0.5, "train.lr_decay_final": 0.1,
+          "train.rhythm_match": 1.0}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
@@ -430,6 +432,19 @@ def test_a_time_budget_ends_the_run_cleanly_with_a_checkpoint(tmp_path, small_da
     assert "time budget" in run.data.tags["technogan.end_reason"]
 
 
+def test_a_resumed_run_goes_on_with_its_time_budgets_clock(tmp_path, small_dataset):
+    first = train(make_config(tmp_path, small_dataset, max_steps=3, epochs=10))
+    spent = ckpt.load_training_state(first.run_dir / "checkpoints" / "training-state-latest.pt")
+    spent_s = spent["progress"]["train_seconds"]
+    assert spent_s > 0
+    # a budget the first run has already used up: the resumed run stops after one step, not 3 more
+    budget = make_config(tmp_path, small_dataset, max_steps=6, epochs=10, max_minutes=spent_s / 60)
+    second = train(budget, resume=True, allow_changed_config=True)
+    assert second.status == "finished" and second.step == 4 and "time budget" in (second.reason or "")
+    state = ckpt.load_training_state(second.run_dir / "checkpoints" / "training-state-latest.pt")
+    assert state["progress"]["train_seconds"] > spent_s  # the clock went on from where it was saved
+
+
 def test_epoch_artifacts_are_throttled_by_time_but_the_last_epoch_always_has_them(tmp_path, small_dataset):
     # 5 short epochs with an interval far longer than the run: only the first and the last
     config = make_config(tmp_path, small_dataset, epochs=5, artifact_every_s=3600, checkpoint_every=1000)
@@ -482,7 +497,11 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
     assert sorted(m.step for m in client.get_metric_history(result.run_id, "r1")) == [1, 4]  # every 3rd critic step, from the first
     params = client.get_run(result.run_id).data.params
     assert (params["optim.loss"], params["optim.lr_g"], params["optim.lr_d"]) == ("hinge", "0.0001", "0.0004")
-    assert state["opt_g"]["param_groups"][0]["lr"] == 1e-4 and state["opt_d"]["param_groups"][0]["lr"] == 4e-4
+    # linear decay over the 6 steps' second half, to 0.1: the rates of steps 5 and 6 are 0.7 and 0.4 times
+    scales = [m.value for m in sorted(client.get_metric_history(result.run_id, "lr_scale"), key=lambda m: m.step)]
+    assert scales == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.7, 0.4])
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.4e-4)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(1.6e-4)
     assert any("parametrizations" in k for k in state["critic"])
     # minibatch std: the critic's last convolution has one more input channel than the figure's
     last = [v for k, v in state["critic"].items() if k.startswith("net.") and k.endswith("original")][-1]
@@ -492,6 +511,8 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
         assert any(k.startswith("time_branch.") for k in state[net]), net
     assert any(k.startswith("time_branch.") for k in served)
     assert any(k.startswith("rhythm_branch.") for k in state["critic"])  # the critic's rhythm path trained too
+    matched = client.get_metric_history(result.run_id, "rhythm_match")  # the generator's rhythm matching
+    assert len(matched) == 6 and all(m.value > 0 for m in matched)
     # per-bin normalisation: saved in the checkpoint, and the generator's output stays a mel in [-1, 1]
     g, meta = ckpt.load_generator(result.generator_path)
     assert meta["normalization"]["kind"] == "per_bin" and len(meta["normalization"]["mean"]) == 32
