@@ -191,24 +191,25 @@ class RhythmMatch:
     clips of many tempi is near zero for both). The critic's rhythm branch scores each
     clip's rhythm; this asks the batch's onsets to be, per band, as periodic as real ones."""
 
-    name = "rhythm_match"
-
     def __init__(self, weight: float, bands: int = 4):
         self.weight, self.bands = weight, bands
-        self.target: torch.Tensor | None = None  # [K]; set by every critic step
+        # the last critic step's real batch, described only when the generator steps: a
+        # WGAN's earlier critic steps would be described for nothing
+        self.real: torch.Tensor | None = None
 
     def periodicity(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, M, T] -> [K]: per band, the mean over clips and lags of the squared autocorrelation."""
         return rhythm_description(x, self.bands)[..., 1:].square().mean((0, 2))
 
-    @torch.no_grad()
     def observe_real(self, real: torch.Tensor) -> None:
-        self.target = self.periodicity(real)
+        self.real = real
 
     def __call__(self, fake: torch.Tensor) -> tuple[torch.Tensor | None, Numbers]:
-        if self.target is None:
+        if self.real is None:
             return None, {}
-        gap = ((self.periodicity(fake) - self.target) / (self.target + 1e-3)).square().mean()
+        with torch.no_grad():
+            target = self.periodicity(self.real)  # [K]
+        gap = ((self.periodicity(fake) - target) / (target + 1e-3)).square().mean()
         return self.weight * gap, {"rhythm_match": gap.detach()}
 
 

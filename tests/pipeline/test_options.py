@@ -350,7 +350,7 @@ def test_rhythm_matching_is_zero_on_the_real_periodicity_and_pulls_a_flat_batch_
     flat = (torch.rand(3, 1, 64, 64) * 0.1 - 1.0).requires_grad_()  # faint noise: no period
     assert match(flat) == (None, {})  # before a critic step has shown it real clips
     match.observe_real(beats)
-    assert (match.target > 0.05).all()  # each band's onsets correlate with themselves at their period
+    assert (match.periodicity(beats) > 0.05).all()  # each band's onsets correlate with themselves at their period
     same, numbers = match(beats)
     assert same is not None and float(same) == pytest.approx(0.0, abs=1e-10) and float(numbers["rhythm_match"]) == 0.0
     term, numbers = match(flat)
@@ -372,9 +372,10 @@ def test_rhythm_matching_reaches_the_loss_of_every_model_and_its_generator_numbe
     spec, tc = get_model("dcgan2"), TrainConfig(loss="hinge", rhythm_match=1.0)
     g, d = spec.build_generator(SMALL, 64), spec.build_critic(SMALL, 64, tc)
     opt_g, opt_d = spec.make_optimizers(g, d, tc)
-    numbers = gan_step(g, d, spec.make_loss(tc), opt_g, opt_d, [torch.rand(4, 1, 64, 64) * 2 - 1], 8,
-                       torch.Generator().manual_seed(0))
-    assert float(numbers["rhythm_match"]) > 0  # computed against the critic step's real batch
+    loss, reals = spec.make_loss(tc), [torch.rand(4, 1, 64, 64) * 2 - 1 for _ in range(2)]
+    numbers = gan_step(g, d, loss, opt_g, opt_d, reals, 8, torch.Generator().manual_seed(0))
+    assert float(numbers["rhythm_match"]) > 0
+    assert loss.matches[0].real is reals[-1]  # the target is the last critic step's real batch
 
 
 # ----------------------------------------------------------------------------- two time-scale learning rates
