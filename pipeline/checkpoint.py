@@ -80,7 +80,9 @@ def _meta_json(meta: dict[str, Any]) -> str:
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     # unwrap DistributedDataParallel so keys never carry a "module." prefix
     module = getattr(module, "module", module)
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    # in the standard layout whatever layout trained (train.channels_last): a checkpoint is the same file
+    return {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+            for k, v in module.state_dict().items()}
 
 
 def save_generator(path: str | os.PathLike, generator: nn.Module, meta: dict[str, Any]) -> Path:

@@ -213,6 +213,10 @@ class DataConfig(Section):
         "none", description="per_bin: the critic sees each mel row standardised and the generator's Tanh output "
         "is mapped back through fixed per-row affine layers (statistics from the training clips, cached in "
         "<dataset>/stats and saved in every checkpoint); data, plots, audio and serving stay in [-1, 1]")
+    crop: Literal["fixed", "random"] = Field(
+        "fixed", description="random: every epoch each clip is read from a random start in it, running on into "
+        "the next clip of its track (the two joined at their recorded levels), so the critic sees windows at any "
+        "offset instead of the same 5 s cuts; needs a dataset whose index records peak_db (segmented since it does)")
 
     @field_validator("resolution")
     @classmethod
@@ -319,6 +323,9 @@ class TrainConfig(Section):
                                         "and on a CPU that computes bfloat16 natively (AVX512-BF16 or AMX); "
                                         "false = never")
     workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
+    channels_last: bool = Field(False, description="keep both networks' convolution weights and the batches in "
+                                "channels-last memory layout, which oneDNN's CPU and cuDNN's tensor-core "
+                                "convolutions run faster on; the same networks and results up to rounding")
     cache_in_memory: bool = Field(True, description="resize the training set once and keep it in RAM")
     optimizer: Optional[Literal["adam", "rmsprop"]] = None
     lr: Optional[float] = Field(None, gt=0.0)

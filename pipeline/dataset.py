@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from pipeline.config import MelConfig
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
-from pipeline.mel import to_model_resolution
+from pipeline.mel import normalised_to_db, relative_to_peak, to_model_resolution
 from pipeline.segment import STORE_DTYPE
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,10 @@ class MelDataset(Dataset):
         self._shard = np.array([shard_no[r["shard"]] for r in rows], dtype=np.int32)
         self._row = np.array([r["row"] for r in rows], dtype=np.int64)
         self._track = np.array([track_no[r["track_id"]] for r in rows], dtype=np.int64)
+        self._clip = np.array([r["clip"] for r in rows], dtype=np.int64)
+        # each clip's level; None for a dataset segmented before segment recorded it
+        self._peak = (np.array([r["peak_db"] for r in rows], dtype=np.float32)
+                      if all("peak_db" in r for r in rows) else None)
         self.available = len(rows)
         if max_samples is not None and max_samples < self.available:
             rng = np.random.default_rng(seed)
@@ -121,6 +125,20 @@ class MelDataset(Dataset):
     def labels(self) -> np.ndarray:
         """Track index of every item, in item order."""
         return self._track[self.indices]
+
+    @property
+    def peaks_db(self) -> np.ndarray | None:
+        """Each item's peak level in dB [N] (what its stored dB are relative to), or None
+        when the dataset was segmented before segment recorded it."""
+        return None if self._peak is None else self._peak[self.indices]
+
+    def successors(self) -> np.ndarray:
+        """For each item, the item holding the next clip of its track (the 5 s that follow
+        it), or -1 where that clip is not in this set (a track's end, a silent clip that was
+        skipped, a ``max_samples`` subset without it)."""
+        item_of = {(int(self._track[j]), int(self._clip[j])): i for i, j in enumerate(self.indices)}
+        return np.array([item_of.get((int(self._track[j]), int(self._clip[j]) + 1), -1) for j in self.indices],
+                        dtype=np.int64)
 
     def fingerprint(self) -> str:
         """Content hash of the index: names the exact data a run trained on."""
@@ -204,3 +222,20 @@ def _read_bin_stats(path: Path, key: dict) -> dict[str, list[float]] | None:
                 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
             return None
     return stats  # type: ignore[return-value]
+
+
+def join_crop(first: torch.Tensor, second: torch.Tensor, first_peak_db: torch.Tensor, second_peak_db: torch.Tensor,
+              offsets: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Stored clips [B, M, T] and the clips that follow them -> the clip-long windows
+    starting ``offsets`` [B] frames into the first, as stored clips are: dB relative to the
+    window's own peak, floored at -top_db, in [-1, 1].
+
+    Both clips go back to absolute dB by their peaks [B] first, so a loud clip followed
+    by a quiet one stays a step down, as it was in the track. Offset 0 is the first clip.
+    """
+    b, _, t = first.shape
+    db = torch.cat([normalised_to_db(first.float(), cfg) + first_peak_db.float()[:, None, None],
+                    normalised_to_db(second.float(), cfg) + second_peak_db.float()[:, None, None]], dim=-1)  # [B, M, 2T]
+    frames = (offsets.long()[:, None] + torch.arange(t)).clamp_(max=2 * t - 1)  # [B, T]
+    window = db.gather(-1, frames[:, None, :].expand(b, db.shape[1], t))  # [B, M, T]
+    return relative_to_peak(window, cfg)[0]

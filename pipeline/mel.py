@@ -114,12 +114,27 @@ def log_mel(clips: np.ndarray, cfg: MelConfig) -> np.ndarray:
     dB are relative to each clip's own peak and floored at -top_db, so loudness
     differences between tracks (mastering) do not dominate what a GAN learns.
     """
+    return log_mel_with_peaks(clips, cfg)[0]
+
+
+def log_mel_with_peaks(clips: np.ndarray, cfg: MelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``log_mel`` and each clip's peak [K] in dB (of mel power, full scale = 0 dB): the
+    level every clip's mel is relative to, which neighbouring clips need to be joined."""
     x = torch.from_numpy(np.require(np.atleast_2d(clips), np.float32, ["C", "W"]))  # [K, N], copied only if needed
     with torch.no_grad():
         # in place and for the whole batch: a dozen small ops per clip cost as much as the filterbank
         db = mel_power(x, cfg).clamp_min_(AMIN).log10_().mul_(10.0)  # [K, M, T]
-        db -= db.amax(dim=(-2, -1), keepdim=True)
-        return db_to_normalised(db.clamp_min_(-cfg.top_db), cfg).numpy()
+        mels, peaks = relative_to_peak(db, cfg)
+        return mels.numpy(), peaks.numpy()
+
+
+def relative_to_peak(db: torch.Tensor, cfg: MelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute dB [K, M, T] -> (normalised [K, M, T] in [-1, 1], peaks [K] in dB): each
+    clip's dB relative to its own peak, floored at -top_db, as every stored clip is.
+    Works in place on ``db``."""
+    peaks = db.amax(dim=(-2, -1), keepdim=True)  # [K, 1, 1]
+    db -= peaks
+    return db_to_normalised(db.clamp_min_(-cfg.top_db), cfg), peaks.flatten()
 
 
 def db_to_normalised(db, cfg: MelConfig):

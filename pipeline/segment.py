@@ -14,7 +14,7 @@ Dataset layout (``OUT``)::
     parts/<track>-<name>.json  per-track, per-file-name record (its clips' index rows); present = done
     failures/<key>.json    files that could not be used in the latest attempt, with why
     index.jsonl            merged: one line per clip (track_id, source, sha256, clip,
-                           start_s, shard, row)
+                           start_s, shard, row, peak_db: the level its dB are relative to)
     tracks.jsonl           merged: one line per track
     report.json            merged summary: counts, skipped and failed files with reasons
 
@@ -49,7 +49,7 @@ from pipeline.config import MelConfig, SegmentConfig, add_config_argument, load_
 from pipeline.errors import UserError
 from pipeline.decode import DECODERS, ClipStream
 from pipeline.fsutil import TMP_PREFIX, atomic_write_text, ensure_folder, owned_temp, remove_dead_temps, sha256_file
-from pipeline.mel import log_mel
+from pipeline.mel import log_mel, log_mel_with_peaks
 from pipeline.shard import Shard, parse_shard
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,12 @@ def process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segmen
         return FileResult(source, "failed", f"I/O error: {e}")
 
 
+def _current(record: dict) -> bool:
+    """Whether a part record has everything this version records (each clip's ``peak_db``)."""
+    rows = record.get("rows")
+    return not isinstance(rows, list) or all(isinstance(r, dict) and "peak_db" in r for r in rows)
+
+
 def _stored(mels: np.ndarray) -> np.ndarray:
     """Mels as the shards store them. torch converts to float16 ~10x faster than numpy's
     ``astype`` (measured: ~2 % of a run), with the same rounding."""
@@ -239,13 +245,16 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
     part_path = _part_path(out, tid, source)
     if part_path.is_file():  # a re-run's common case: one stat instead of a listing of parts/ per file
         with contextlib.suppress(UserError):
-            if read_json(part_path).get("source") == source:
+            done = read_json(part_path)
+            if done.get("source") == source and _current(done):
                 return FileResult(source, "already", "", tid)
     for existing in _parts_of(out, tid):
         try:
             done = read_json(existing)
         except UserError:
             continue  # a damaged record: redo the work, merge names the file
+        if not _current(done):
+            continue  # written before clips' levels were recorded: redone, the same clips plus their levels
         if done.get("source") == source:
             return FileResult(source, "already", "", tid)
         if "rows" in done:
@@ -264,12 +273,14 @@ def _process_file(path: Path, source: str, out: Path, cfg: MelConfig, seg: Segme
         with open(tmp_shard, "wb") as fh:
             for batch in stream:  # [K, clip_samples]
                 keep = np.abs(batch).max(axis=1) >= peak_floor
-                for k in np.flatnonzero(keep):
-                    no = decoded + int(k)
-                    rows.append({"clip": no, "start_s": round(no * cfg.clip_seconds, 3), "row": len(rows)})
                 if keep.any():
                     kept = batch if keep.all() else batch[keep]  # [K', N]
-                    fh.write(_stored(log_mel(kept, cfg)).tobytes())  # [K', M, T]
+                    mels, peaks = log_mel_with_peaks(kept, cfg)  # [K', M, T], [K']
+                    fh.write(_stored(mels).tobytes())
+                    for k, peak in zip(np.flatnonzero(keep), peaks):
+                        no = decoded + int(k)
+                        rows.append({"clip": no, "start_s": round(no * cfg.clip_seconds, 3), "row": len(rows),
+                                     "peak_db": round(float(peak), 3)})
                 clips += int(keep.sum())
                 silent += int((~keep).sum())
                 decoded += len(batch)
@@ -522,6 +533,8 @@ def merge(out_dir: str | Path) -> dict:
             index_lines.append(json.dumps({
                 "track_id": r["track_id"], "source": r["source"], "sha256": r["sha256"], "clip": row["clip"],
                 "start_s": row["start_s"], "shard": r["shard"], "row": row["row"],
+                # the clip's level (datasets segmented before it was recorded lack it)
+                **({"peak_db": row["peak_db"]} if "peak_db" in row else {}),
             }, sort_keys=True))
     failures = {}
     for p in sorted((out / "failures").glob("*.json")):

@@ -70,14 +70,20 @@ def _cell(metrics: dict, key: str) -> str:
     return _fmt(mean)
 
 
+LEAD = ["run", "run id", "model", "samples", "epochs"]  # the columns before the metrics
+RUN_ID_CHARS = 8
+
+
 def comparison(rows: list, metric: str) -> tuple[list[str], list[list[str]], dict]:
     """(header, table rows, JSON) of runs: selection metric first, then every eval.<key> mean
     (± its seed spread when logged); the real-vs-real baseline and the renderer ceiling last."""
     derived = (BASELINE_PREFIX, STD_PREFIX, CEILING_PREFIX)
     keys = sorted({k for r in rows for k in r.metrics if k.startswith(PREFIX) and not k.startswith(derived)})
     keys = [metric] + [k for k in keys if k != metric]
-    header = ["run", "model", "samples", "epochs"] + [k[len(PREFIX):] if k.startswith(PREFIX) else k for k in keys]
-    body = [[r.name, r.model, r.samples, r.epochs] + [_cell(r.metrics, k) for k in keys] for r in rows]
+    # the run id tells apart runs of one name (a store that several demos or sweeps wrote to)
+    header = LEAD + [k[len(PREFIX):] if k.startswith(PREFIX) else k for k in keys]
+    body = [[r.name, r.run_id[:RUN_ID_CHARS], r.model, r.samples, r.epochs] + [_cell(r.metrics, k) for k in keys]
+            for r in rows]
     data: dict = {"metric": metric, "lower_is_better": not higher_is_better(metric), "columns": header,
                   "runs": [{"run_id": r.run_id, "name": r.name, "model": r.model, "samples": r.samples,
                             "epochs": r.epochs, "metrics": {k: r.metrics.get(k) for k in keys},
@@ -91,9 +97,9 @@ def comparison(rows: list, metric: str) -> tuple[list[str], list[list[str]], dic
         row = None
         if having:
             m = having[0].metrics
-            row = [label, "-", "-", "-"] + [_fmt(m.get(prefix + k[len(PREFIX):])) for k in keys]
+            row = [label] + ["-"] * (len(LEAD) - 1) + [_fmt(m.get(prefix + k[len(PREFIX):])) for k in keys]
             body.append(row)
-        data[name] = dict(zip(header[4:], row[4:])) if row else None
+        data[name] = dict(zip(header[len(LEAD):], row[len(LEAD):])) if row else None
     return header, body, data
 
 
@@ -106,7 +112,7 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 def text_table(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     def fmt(row):
-        return "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(f"{c:<{w}}" if i < len(LEAD) else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in body])
 
 

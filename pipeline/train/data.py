@@ -9,13 +9,15 @@ a checkpoint stopped, which is what makes ``--resume`` bit-exact.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sized, cast
+from typing import Callable, Iterator, Sized, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from pipeline.dataset import MelDataset, join_crop
 from pipeline.errors import UserError
+from pipeline.mel import to_model_resolution
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,65 @@ def cache_dataset(dataset: Dataset, workers: int = 0, progress: bool = True) -> 
     return torch.cat(parts)  # [N, 1, R, R]
 
 
+class RandomWindows(Dataset):
+    """A MelDataset's items as clip-long windows at random starts (``data.crop: random``):
+    item i of epoch e is read from a start drawn in clip i, running on into the clip that
+    follows it in its track (``join_crop``), so the critic sees each 5 s at 216 offsets
+    instead of the same cut every epoch. An item without a next clip stays as stored.
+
+    The starts of an epoch are a pure function of (seed, epoch), so a resume reads the
+    same windows. Items are [1, R, R] like the dataset's; ``batch`` makes many at once
+    from any store of the stored clips (a cache in memory, or the shards).
+    """
+
+    def __init__(self, dataset: MelDataset, seed: int):
+        peaks = dataset.peaks_db
+        if peaks is None:
+            raise UserError(f"data.crop: random needs each clip's peak level, which {dataset.root} does not record "
+                            "(segmented before it was): run technogan segment again with the same --input "
+                            "and --out (it redoes the older records), or set data.crop: fixed")
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.next = torch.from_numpy(dataset.successors())  # [N], -1: no next clip
+        self.peaks = torch.from_numpy(peaks)  # [N] dB
+        self.frames = dataset.mel_config.n_frames
+        self._starts: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def starts(self, epoch: int) -> torch.Tensor:
+        """Every item's window start in ``epoch``, in stored frames [N]."""
+        if self._starts is None or self._starts[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            drawn = torch.randint(0, self.frames, (len(self),), generator=g)
+            self._starts = (epoch, torch.where(self.next >= 0, drawn, 0))
+        return self._starts[1]
+
+    def batch(self, ix: torch.Tensor, epoch: int, stored: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Items ``ix`` [B] of ``epoch`` [B, 1, R, R]; ``stored(ix)`` gives stored clips [B, M, T]."""
+        nxt = self.next[ix]
+        nxt = torch.where(nxt >= 0, nxt, ix)  # no next clip: start 0 never reads it
+        windows = join_crop(stored(ix), stored(nxt), self.peaks[ix], self.peaks[nxt], self.starts(epoch)[ix],
+                            self.dataset.mel_config)  # [B, M, T]
+        return to_model_resolution(windows[:, None], self.dataset.resolution)  # [B, 1, R, R]
+
+    def stored(self, ix: torch.Tensor) -> torch.Tensor:
+        """Stored clips [B, M, T] read from the shards."""
+        return torch.stack([self.dataset.stored(int(i)) for i in ix])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.batch(torch.tensor([i]), self.epoch, self.stored)[0]
+
+
+def _cache_stored(dataset: MelDataset, progress: bool = True) -> torch.Tensor:
+    """Every stored clip [N, M, T] as float16, as the shards hold them."""
+    return torch.stack([dataset.stored(i).half() for i in
+                        tqdm(range(len(dataset)), desc="caching clips", unit="clip", disable=not progress, leave=False)])
+
+
 class BatchStream:
     """Full batches of real mels, epoch after epoch, from a given position."""
 
@@ -63,12 +124,15 @@ class BatchStream:
         if self.batches_per_epoch == 0:
             raise UserError(f"the training set has {n_clips} clips: fewer than batch_size {batch_size} "
                             f"x {world} process(es); lower train.batch_size or use more data")
+        # random windows are cut per batch from the stored clips: those are what is cached
+        self.windows = dataset if isinstance(dataset, RandomWindows) else None
         self.cached: torch.Tensor | None = None
         if cache:
-            sample = dataset[0]
+            sample = self.windows.dataset.stored(0).half() if self.windows is not None else dataset[0]
             need = n_clips * sample.numel() * sample.element_size()
             if need <= CACHE_LIMIT_BYTES:
-                self.cached = cache_dataset(dataset, workers, progress and rank == 0)
+                self.cached = (_cache_stored(self.windows.dataset, progress and rank == 0) if self.windows is not None
+                               else cache_dataset(dataset, workers, progress and rank == 0))
             else:
                 log.info("training set needs %.1f GiB: streaming from the shards instead of caching", need / 2**30)
 
@@ -79,12 +143,20 @@ class BatchStream:
         n = self.batches_per_epoch * self.batch_size
         return list(idx[:n].split(self.batch_size))
 
+    def _cached_rows(self, ix: torch.Tensor) -> torch.Tensor:
+        assert self.cached is not None
+        return self.cached.index_select(0, ix)
+
     def iterate(self, epoch: int, batch: int, epochs: int) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(epoch, batch index, real mels [B, 1, R, R]) from position (epoch, batch) to the end of ``epochs``."""
         while epoch < epochs:
             chunks = self.epoch_batches(epoch)[batch:]
             source: Iterator[torch.Tensor]
-            if self.cached is not None:
+            if self.windows is not None:
+                self.windows.set_epoch(epoch)  # before a loader's workers fork
+            if self.cached is not None and self.windows is not None:
+                source = (self.windows.batch(ix, epoch, self._cached_rows) for ix in chunks)
+            elif self.cached is not None:
                 source = (self.cached.index_select(0, ix) for ix in chunks)
             else:
                 source = iter(DataLoader(self.dataset, batch_sampler=[ix.tolist() for ix in chunks],

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -38,7 +38,7 @@ from pipeline.models.registry import get_model
 from pipeline.train import distributed
 from pipeline.train.augment import AugmentedCritic
 from pipeline.train.augment import from_config as augment_from_config
-from pipeline.train.data import BatchStream
+from pipeline.train.data import BatchStream, RandomWindows
 from pipeline.train.ema import EMA
 from pipeline.train.monitor import DivergenceGuard
 from pipeline.train.schedule import LRDecay, budget_progress
@@ -247,6 +247,16 @@ def _resume_from(state_path: Path, spec_name: str, config: RunConfig, data_dir: 
     return saved, changed
 
 
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def _in_layout(module: M, layout: torch.memory_format) -> M:
+    """``module`` with its 4-D weights in ``layout`` (what ``Module.to(memory_format=...)`` does,
+    which torch's type stubs do not declare)."""
+    to: Any = module.to
+    return to(memory_format=layout)
+
+
 def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume, label, out_dir,
            allow_changed_config: bool = False) -> TrainResult:
     tc, mc = config.train, config.model
@@ -263,7 +273,8 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
         raise UserError(f"{data_dir}: no mel dataset here (make one with `technogan segment`, or pass --dataset)")
     ds = MelDataset(data_dir, resolution=resolution, max_samples=config.data.max_samples, seed=config.data.seed)
     fingerprint = ds.fingerprint()  # hashes the whole index: once
-    stream = BatchStream(ds, tc.batch_size, seed=tc.seed, rank=dist.rank, world=dist.world,
+    items = RandomWindows(ds, tc.seed) if config.data.crop == "random" else ds
+    stream = BatchStream(items, tc.batch_size, seed=tc.seed, rank=dist.rank, world=dist.world,
                          cache=tc.cache_in_memory, workers=tc.workers, pin_memory=device.type == "cuda",
                          progress=tc.progress)
     nb = stream.batches_per_epoch
@@ -271,8 +282,9 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     # ---------------------------------------------------------------- networks, loss, optimisers: the state
     bin_stats = ds.bin_stats() if config.data.normalize == "per_bin" else None
     torch.manual_seed(tc.seed + dist.rank)  # initial weights (DDP then copies rank 0's) and dropout
-    generator = spec.build_generator(mc, resolution, bin_stats).to(device)
-    critic = spec.build_critic(mc, resolution, tc, bin_stats).to(device)
+    layout = torch.channels_last if tc.channels_last else torch.contiguous_format
+    generator = _in_layout(spec.build_generator(mc, resolution, bin_stats).to(device), layout)
+    critic = _in_layout(spec.build_critic(mc, resolution, tc, bin_stats).to(device), layout)
     settings = spec.settings(tc)
     opt_g, opt_d = spec.make_optimizers(generator, critic, tc)
     # before a resume loads the optimisers' saved (decayed) rates: the decay scales the configured ones
@@ -358,7 +370,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
                 # the critic's batches (n_critic of them), noting the epochs they end
                 reals, ended = [], []
                 for _, (e, b, real) in zip(range(settings.n_critic), batches):
-                    reals.append(real.to(device, non_blocking=True))
+                    reals.append(real.to(device, non_blocking=True, memory_format=layout))
                     if state.advance(e, b, nb):
                         ended.append(e + 1)
                 if len(reals) < settings.n_critic:

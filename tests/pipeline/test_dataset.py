@@ -108,3 +108,71 @@ def test_a_garbage_line_in_the_index_names_the_file_and_line(small_dataset, tmp_
         read_index(ds)
     with pytest.raises(UserError, match="line 37"):
         MelDataset(ds)
+
+
+def test_successors_are_the_next_clip_of_the_same_track(small_dataset):
+    ds = MelDataset(small_dataset)
+    rows = read_index(small_dataset)
+    nxt = ds.successors()
+    for i, j in enumerate(nxt):
+        if j >= 0:
+            assert rows[j]["track_id"] == rows[i]["track_id"] and rows[j]["clip"] == rows[i]["clip"] + 1
+        else:  # only a track's last clip has none
+            assert rows[i]["clip"] == max(r["clip"] for r in rows if r["track_id"] == rows[i]["track_id"])
+    assert (nxt < 0).sum() == 6  # six tracks
+    assert ds.peaks_db is not None and ds.peaks_db.shape == (36,)
+    # a subset only follows into clips it holds (items are renumbered)
+    sub = MelDataset(small_dataset, max_samples=20, seed=3)
+    held = {(rows[j]["track_id"], rows[j]["clip"]) for j in sub.indices}
+    for i, j in enumerate(sub.successors()):
+        r = rows[sub.indices[i]]
+        assert (j >= 0) == ((r["track_id"], r["clip"] + 1) in held)
+        if j >= 0:
+            assert rows[sub.indices[j]]["clip"] == r["clip"] + 1
+
+
+def test_a_window_across_two_clips_is_the_mel_of_the_audio_there(tmp_path, mel_config):
+    """The window at start s is the mel of the audio s hops into the first clip: a loud
+    440 Hz clip then a 12 dB quieter 880 Hz one, joined at their levels."""
+    from pipeline.dataset import join_crop
+    from pipeline.mel import log_mel, normalised_to_db
+    from pipeline.segment import segment
+    from pipeline.config import SegmentConfig
+    from tests.audio_utils import sine, write
+
+    cfg, sr = mel_config, mel_config.sample_rate
+    audio = np.concatenate([sine(440, cfg.clip_seconds, sr, amp=0.5), sine(880, cfg.clip_seconds, sr, amp=0.125)])
+    write(tmp_path / "in" / "two.wav", audio, sr, subtype="FLOAT")
+    segment(tmp_path / "in", tmp_path / "ds", cfg, SegmentConfig(workers=1), progress=False)
+    ds = MelDataset(tmp_path / "ds")
+    assert ds.successors().tolist() == [1, -1]
+    first, second = ds.stored(0)[None], ds.stored(1)[None]
+    peaks = torch.from_numpy(ds.peaks_db)
+    # the two stored clips are each relative to their own peak: 0 dB at the top of both
+    assert float(first.max()) == 1.0 and float(second.max()) == 1.0
+    start = 100
+    got = join_crop(first, second, peaks[:1], peaks[1:], torch.tensor([start]), cfg)[0]  # [M, T]
+    want = torch.from_numpy(log_mel(audio[start * cfg.hop_length:][:cfg.clip_samples][None], cfg)[0])
+    t, cut = cfg.n_frames, cfg.n_frames - start  # the second clip starts at frame ``cut`` of the window
+    away = [j for j in range(2, t - 2) if abs(j - cut) > 3]  # the clips' and the window's edge frames differ
+    gap = (normalised_to_db(got, cfg) - normalised_to_db(want, cfg))[:, away].abs()
+    assert float(gap.max()) < 0.1  # dB, float16 storage included
+    # the quieter half is 12 dB down, as in the audio, where a join ignoring levels would put both at 0 dB
+    quiet = normalised_to_db(got[:, cut + 4:t - 2], cfg).max()
+    assert float(quiet) == pytest.approx(float(normalised_to_db(want[:, cut + 4:t - 2], cfg).max()), abs=0.1)
+    assert -14.0 < float(quiet) < -10.0
+    # start 0 is the first clip itself
+    assert torch.equal(join_crop(first, second, peaks[:1], peaks[1:], torch.tensor([0]), cfg), first)
+
+
+def test_windows_without_recorded_peaks_are_a_clear_error(small_dataset, tmp_path):
+    from pipeline.train.data import RandomWindows
+
+    ds = _copy(small_dataset, tmp_path)
+    rows = [json.loads(line) for line in (ds / "index.jsonl").read_text().splitlines()]
+    (ds / "index.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "peak_db"}) + "\n"
+                                            for r in rows))
+    old = MelDataset(ds)
+    assert old.peaks_db is None and len(old) == 36  # the dataset itself still works
+    with pytest.raises(UserError, match=r"data\.crop: random needs .*run technogan segment again"):
+        RandomWindows(old, seed=0)

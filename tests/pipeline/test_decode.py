@@ -66,6 +66,10 @@ def _segment_one(path: Path, out: Path, decoder: str) -> tuple[dict, np.ndarray]
     return rec, mels
 
 
+def _without_levels(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "peak_db"} for r in rows]
+
+
 @pytest.mark.slow
 def test_every_decoder_makes_the_command_lines_clips_and_mels(inputs, tmp_path):
     upper_edges = librosa.mel_frequencies(CFG.n_mels + 2, fmin=CFG.fmin, fmax=CFG.f_max)[2:]
@@ -88,7 +92,10 @@ def test_every_decoder_makes_the_command_lines_clips_and_mels(inputs, tmp_path):
                 open_audio(path, CFG.sample_rate, "soundfile")
             continue
         sfr, sf_mels = _segment_one(path, tmp_path / f"soundfile-{path.name}", "soundfile")
-        assert sfr["rows"] == ref["rows"], path.name
+        # the same clips; their levels within the mels' tolerance (in dB), as another resampler gives
+        assert _without_levels(sfr["rows"]) == _without_levels(ref["rows"]), path.name
+        levels = np.array([[a["peak_db"], b["peak_db"]] for a, b in zip(sfr["rows"], ref["rows"])])
+        assert np.abs(levels[:, 0] - levels[:, 1]).max() <= SOUNDFILE_TOL * CFG.top_db / 2, path.name
         assert (sfr["channels"], sfr["sample_rate"]) == (ref["channels"], ref["sample_rate"]), path.name
         nyquist = min(sf.info(path).samplerate, CFG.sample_rate) / 2
         below = upper_edges < 0.9 * nyquist

@@ -42,7 +42,9 @@ def test_promote_picks_the_lowest_fd_and_sets_the_champion_alias(runs, tmp_path)
     # the table lists every finished run, best first, then the real-vs-real baseline
     names = [row[0] for row in result.body]
     assert names == ["dcgan2", "dcgan1", "wgan-gp", "(real vs real)"]
-    assert result.header[:5] == ["run", "model", "samples", "epochs", "fd_learned"]
+    assert result.header[:6] == ["run", "run id", "model", "samples", "epochs", "fd_learned"]
+    # two runs of one name are told apart by their ids
+    assert [row[1] for row in result.body[:3]] == [ids[n][:8] for n in ("dcgan2", "dcgan1", "wgan-gp")]
     data = json.loads((tmp_path / "p" / "comparison.json").read_text())
     assert data["winner"] == ids["dcgan2"] and data["alias"] == "champion"
     # and it is logged to the winning run
@@ -97,9 +99,9 @@ def test_promote_ranks_on_the_seed_mean_breaks_ties_on_the_spread_and_shows_both
     names = [row[0] for row in result.body]
     assert names == ["lucky-mean", "steady", "tie-narrow", "tie-wide", "(real vs real)", "(real through audio)"]
     # std and ceiling keys are not metrics of their own in the table: they sit beside the mean and below
-    assert result.header == ["run", "model", "samples", "epochs", "fd_learned"]
-    assert result.body[0][4] == "2 ± 3" and result.body[1][4] == "2.5 ± 0.1"
-    assert result.body[-2][4] == "0.5" and result.body[-1][4] == "0.9"
+    assert result.header == ["run", "run id", "model", "samples", "epochs", "fd_learned"]
+    assert result.body[0][5] == "2 ± 3" and result.body[1][5] == "2.5 ± 0.1"
+    assert result.body[-2][5] == "0.5" and result.body[-1][5] == "0.9"
     assert result.table_json["runs"][0]["std"] == {"eval.fd_learned": 3.0}
     assert result.table_json["ceiling"] == {"fd_learned": "0.9"}
 

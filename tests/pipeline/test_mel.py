@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import MelConfig
-from pipeline.mel import db_to_normalised, log_mel, normalised_to_db, resize, to_model_resolution, to_stored_resolution
+from pipeline.mel import db_to_normalised, log_mel, log_mel_with_peaks, normalised_to_db, resize, to_model_resolution, to_stored_resolution
 from tests.audio_utils import sine
 
 
@@ -26,6 +26,19 @@ def test_log_mel_is_normalised_to_its_peak():
     assert m.shape == (2, *cfg.shape)
     assert m.max(axis=(1, 2)) == pytest.approx([1.0, 1.0])  # loudness does not matter
     assert m.min() >= -1.0
+
+
+def test_the_peak_is_the_level_the_mel_is_relative_to():
+    cfg = MelConfig()
+    clip = np.random.default_rng(1).standard_normal(cfg.clip_samples).astype(np.float32) * 0.5
+    mels, peaks = log_mel_with_peaks(np.stack([clip, clip * 0.25]), cfg)
+    np.testing.assert_allclose(mels[0], mels[1], atol=1e-4)  # a quieter copy has the same mel...
+    assert peaks[0] - peaks[1] == pytest.approx(-20 * np.log10(0.25), abs=1e-3)  # ...12.04 dB lower
+    # the peak is the loudest bin of the clip's mel power, in dB
+    power = librosa.feature.melspectrogram(y=clip, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                           n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.f_max, center=True,
+                                           pad_mode="constant")
+    assert peaks[0] == pytest.approx(10 * np.log10(power.max()), abs=1e-3)
 
 
 def test_db_normalisation_round_trip():

@@ -50,6 +50,34 @@ def test_exact_clip_counts_and_remainder_dropped(tmp_path):
     assert json.loads((tmp_path / "out" / "mel_config.json").read_text()) == CFG.to_dict()
 
 
+def test_each_clips_peak_level_is_in_the_index(tmp_path):
+    sr = 22050
+    # 10 s at one level, then 10 s 12 dB quieter: the stored mels are alike, their peaks are not
+    write(tmp_path / "in" / "steps.wav", np.concatenate([sine(440, 10, sr, amp=0.5), sine(440, 10, sr, amp=0.125)]), sr)
+    segment(tmp_path / "in", tmp_path / "out", CFG, ONE, progress=False)
+    peaks = [r["peak_db"] for r in read_index(tmp_path / "out")]
+    assert len(peaks) == 4
+    assert peaks[0] == pytest.approx(peaks[1], abs=0.05) and peaks[2] == pytest.approx(peaks[3], abs=0.05)
+    assert peaks[0] - peaks[2] == pytest.approx(12.04, abs=0.1)
+    assert [r["peak_db"] for r in parts(tmp_path / "out")["steps.wav"]["rows"]] == peaks
+
+
+def test_records_made_before_peaks_were_kept_are_redone(tmp_path):
+    write(tmp_path / "in" / "a.wav", noise(12.0), 22050)
+    write(tmp_path / "in" / "b.wav", noise(11.0, seed=1), 22050)
+    segment(tmp_path / "in", tmp_path / "out", CFG, ONE, progress=False)
+    before = read_index(tmp_path / "out")
+    shards = {p.name: p.read_bytes() for p in (tmp_path / "out" / "shards").iterdir()}
+    # a.wav's record as an older version wrote it: no levels
+    path = next(p for p in (tmp_path / "out" / "parts").glob("*.json") if json.loads(p.read_text())["source"] == "a.wav")
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({**old, "rows": [{k: v for k, v in r.items() if k != "peak_db"} for r in old["rows"]]}))
+    s = segment(tmp_path / "in", tmp_path / "out", CFG, ONE, progress=False)
+    assert s.by_status["done"] == 1 and s.by_status["already"] == 1  # only the old record is redone
+    assert read_index(tmp_path / "out") == before  # the same clips, levels included
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "shards").iterdir()} == shards
+
+
 def test_silent_clips_are_skipped_and_counted(tmp_path):
     sr = 22050
     audio = np.concatenate([sine(440, 5, sr), np.zeros(5 * sr, np.float32), sine(440, 5, sr), sine(440, 2, sr)])

@@ -115,7 +115,7 @@ RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": 
           "train.lr_d": 4e-4, "model.minibatch_std": True, "model.g_upsample": "nearest",
           "model.d_time_branch": True, "model.g_time_branch": True, "model.d_rhythm_branch": True,
           "train.lr_decay": "linear", "train.lr_decay_start": 0.5, "train.lr_decay_final": 0.1,
-          "train.rhythm_match": 1.0}
+          "train.rhythm_match": 1.0, "data.crop": "random", "train.channels_last": True}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
@@ -478,8 +478,12 @@ def test_cli_budget_and_threads_flags_reach_the_config():
         resolve(p.parse_args(["--max-minutes", "0"]))
 
 
-def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
+def test_the_recipe_options_reach_the_run(tmp_path, small_dataset, monkeypatch):
     """Each option of the recipe leaves a trace that would be missing if it were ignored."""
+    from pipeline.train.data import RandomWindows
+
+    windows, cut = [], RandomWindows.batch
+    monkeypatch.setattr(RandomWindows, "batch", lambda self, ix, *a: windows.append(len(ix)) or cut(self, ix, *a))
     base = make_config(tmp_path, small_dataset, max_steps=6, epochs=10)
     config = load_config(None, {**flat(base), "model.name": "dcgan2", **RECIPE})
     result = train(config)
@@ -519,6 +523,12 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset):
     with torch.no_grad():
         out = g(torch.randn(8, 16))
     assert out.min() >= -1 and out.max() <= 1
+    # channels last: the networks trained in that layout; the served checkpoint is in the standard one
+    convs = [v for k, v in state["critic"].items() if v.dim() == 4 and v.shape[1] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in convs)
+    assert all(v.is_contiguous() for v in served.values())
+    # random windows: every real batch of the run was cut from the stored clips
+    assert windows == [base.train.batch_size] * 6
 
 
 def test_amp_auto_trains_in_bfloat16_on_a_cpu_that_has_it_and_in_float32_on_one_that_has_not(
