@@ -255,13 +255,21 @@ def windows_needed(total_frames: int, cfg: MelConfig, settings: LongformConfig) 
     return 1 + max(0, math.ceil((total_frames - cfg.n_frames) / advance))
 
 
+# Windows are generated in batches of exactly this many latents, the last one padded:
+# oneDNN's convolutions round differently at other batch sizes (odd ones, on this CPU),
+# so a window's bits would otherwise depend on how many windows its piece has, and a
+# longer piece on the same seed would not start exactly as the shorter one.
+WINDOW_BATCH = 16
+
+
 @torch.no_grad()
-def _windows(generator: torch.nn.Module, z: torch.Tensor, cfg: MelConfig, device: str | torch.device,
-             batch_size: int = 64) -> np.ndarray:
+def _windows(generator: torch.nn.Module, z: torch.Tensor, cfg: MelConfig, device: str | torch.device) -> np.ndarray:
     generator.eval()
     out = []
-    for part in z.split(batch_size):
-        x = generator(part.to(device, torch.float32))[:, 0].float().cpu()  # [B, R, R]
+    for part in z.split(WINDOW_BATCH):
+        n = len(part)
+        padded = torch.cat([part, part.new_zeros(WINDOW_BATCH - n, part.shape[1])]) if n < WINDOW_BATCH else part
+        x = generator(padded.to(device, torch.float32))[:n, 0].float().cpu()  # [B, R, R]
         out.append(to_stored_resolution(x, cfg).numpy())  # [B, M, W]
     return np.concatenate(out) if out else np.zeros((0, *cfg.shape), np.float32)
 
