@@ -354,6 +354,10 @@ class TrainConfig(Section):
                                        "serving use the average; null = off")
     ema_warmup_steps: int = Field(100, ge=0, le=10_000_000, description="the EMA decay ramps up from 0 over "
                                   "this many generator steps so the random initial weights are forgotten")
+    ema_rampup: Optional[float] = Field(None, gt=0.0, le=1.0, description="the EMA's half-life grows with the "
+                                        "run: this share of the generator steps done, up to ema_decay's "
+                                        "half-life (StyleGAN2-ADA's ema_rampup, e.g. 0.05); replaces "
+                                        "ema_warmup_steps; null = off")
     lr_decay: Literal["off", "linear", "cosine"] = Field(
         "off", description="learning rates of both networks decay over the run's budget (its steps or its "
         "max_minutes, whichever runs out first): constant until lr_decay_start of it, then down to "

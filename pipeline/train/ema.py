@@ -13,6 +13,18 @@ Warm-up: at generator step t (0-based, counted by the caller) the decay is
 so the first update copies the raw weights outright and the random initial weights are
 forgotten quickly; after ``warmup_steps`` steps the full decay holds.
 
+Ramp-up (``rampup``, StyleGAN2-ADA's ``ema_rampup``; it replaces the warm-up): the
+average's half-life grows with the run, ``rampup`` times the steps done, up to the
+half-life of ``decay``:
+
+    half_t  = min(rampup * t, ln 0.5 / ln decay)
+    decay_t = 0.5 ** (1 / half_t)
+
+A fixed decay must choose between following the fast early progress (a short average)
+and smoothing the late oscillation around a plateau (a long one); the ramp-up does the
+first early and the second late, whatever the run's length, so one setting serves a
+20-minute CPU run and a long GPU run alike.
+
     ema = EMA(generator, decay=0.999, warmup_steps=100)
     ...after each opt_g.step():  ema.update(generator, step)   # the unwrapped generator under DDP
     ema.module(z)                                              # eval mode, no gradients
@@ -21,6 +33,7 @@ forgotten quickly; after ``warmup_steps`` steps the full decay holds.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -30,18 +43,23 @@ from torch import nn
 class EMA:
     """A deep copy of a generator whose parameters follow the raw ones' moving average."""
 
-    def __init__(self, generator: nn.Module, decay: float, warmup_steps: int = 0):
+    def __init__(self, generator: nn.Module, decay: float, warmup_steps: int = 0, rampup: float | None = None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         if warmup_steps < 0:
             raise ValueError(f"EMA warmup_steps must be >= 0, got {warmup_steps}")
-        self.decay, self.warmup_steps = float(decay), int(warmup_steps)
+        if rampup is not None and not rampup > 0.0:
+            raise ValueError(f"EMA rampup must be > 0, got {rampup}")
+        self.decay, self.warmup_steps, self.rampup = float(decay), int(warmup_steps), rampup
         self.module = copy.deepcopy(getattr(generator, "module", generator)).eval()
         self.module.requires_grad_(False)
         self.updates = 0  # how many updates the average has seen (for the record)
 
     def decay_at(self, step: int) -> float:
         """The decay used at generator step ``step`` (0-based)."""
+        if self.rampup is not None:
+            half_life = min(self.rampup * max(step, 0), math.log(0.5) / math.log(self.decay))
+            return 0.5 ** (1.0 / half_life) if half_life > 0 else 0.0
         if self.warmup_steps == 0:
             return self.decay
         return self.decay * min(1.0, max(step, 0) / self.warmup_steps)
@@ -63,7 +81,8 @@ class EMA:
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
-                "decay": self.decay, "warmup_steps": self.warmup_steps, "updates": self.updates}
+                "decay": self.decay, "warmup_steps": self.warmup_steps,
+                "rampup": self.rampup, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])

@@ -292,7 +292,7 @@ def _train(config: RunConfig, dist: distributed.Dist, tracking, dataset, resume,
     autocast = autocast_for(device, tc.amp)
     state = TrainingState(
         generator, critic, opt_g, opt_d, spec.make_loss(tc), device=device, seed=tc.seed, rank=dist.rank,
-        ema=EMA(generator, tc.ema_decay, tc.ema_warmup_steps) if tc.ema_decay else None,
+        ema=EMA(generator, tc.ema_decay, tc.ema_warmup_steps, tc.ema_rampup) if tc.ema_decay else None,
         augment=augment_from_config(tc, ds.mel_config.top_db, spec.critic_has_sigmoid(tc), device,
                                     tc.seed * 7 + dist.rank))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -31,6 +33,18 @@ def test_the_average_is_the_hand_computed_one_with_the_warm_up():
         assert torch.allclose(ema.module.weight, hand)
     assert not torch.equal(ema.module.weight, net.weight)  # the average lags the raw weights
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_the_ramp_up_makes_the_half_life_a_share_of_the_steps_done_up_to_the_decays():
+    ema = EMA(nn.Linear(2, 1), decay=0.999, warmup_steps=100, rampup=0.1)
+    assert ema.decay_at(0) == 0.0  # the first update copies the raw weights
+    for step in (10, 500, 4000):  # half-life 1, 50, 400 steps: the weight of step t halves every 0.1 t
+        assert math.isclose(ema.decay_at(step) ** (0.1 * step), 0.5, rel_tol=1e-9)
+    # past 6,931 steps the half-life is the decay's own (693 steps): the cap holds
+    assert math.isclose(ema.decay_at(7000), 0.999, rel_tol=1e-12) and ema.decay_at(10**6) == ema.decay_at(7000)
+    assert ema.decay_at(4000) != EMA(nn.Linear(2, 1), decay=0.999, warmup_steps=100).decay_at(4000)  # not ignored
+    with pytest.raises(ValueError, match="rampup"):
+        EMA(nn.Linear(2, 1), decay=0.9, rampup=0.0)
 
 
 def test_ema_weights_differ_from_raw_after_training_and_buffers_are_copied():

@@ -115,7 +115,8 @@ RECIPE = {"train.ema_decay": 0.9, "train.ema_warmup_steps": 2, "train.augment": 
           "train.lr_d": 4e-4, "model.minibatch_std": True, "model.g_upsample": "nearest",
           "model.d_time_branch": True, "model.g_time_branch": True, "model.d_rhythm_branch": True,
           "train.lr_decay": "linear", "train.lr_decay_start": 0.5, "train.lr_decay_final": 0.1,
-          "train.rhythm_match": 1.0, "data.crop": "random", "train.channels_last": True}
+          "train.rhythm_match": 1.0, "data.crop": "random", "train.channels_last": True,
+          "train.ema_rampup": 0.5}
 
 
 def preempt_after(monkeypatch, steps: int) -> None:
@@ -493,6 +494,7 @@ def test_the_recipe_options_reach_the_run(tmp_path, small_dataset, monkeypatch):
     weights = [k for k in served if k.endswith(".weight")]
     assert all(torch.equal(served[k], state["ema"]["module"][k]) for k in weights)
     assert any(not torch.equal(served[k], state["generator"][k]) for k in weights)
+    assert state["ema"]["rampup"] == 0.5  # its half-life grows with the steps (test_ema checks the decays)
     # adaptive augmentation: p is logged every step and moved from its start
     client = tracking.get_client(config.tracking.uri)
     ps = [m.value for m in sorted(client.get_metric_history(result.run_id, "augment_p"), key=lambda m: m.step)]
