@@ -8,6 +8,7 @@ a checkpoint stopped, which is what makes ``--resume`` bit-exact.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Iterator, Sized, cast
 
@@ -143,10 +144,6 @@ class BatchStream:
         n = self.batches_per_epoch * self.batch_size
         return list(idx[:n].split(self.batch_size))
 
-    def _cached_rows(self, ix: torch.Tensor) -> torch.Tensor:
-        assert self.cached is not None
-        return self.cached.index_select(0, ix)
-
     def iterate(self, epoch: int, batch: int, epochs: int) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(epoch, batch index, real mels [B, 1, R, R]) from position (epoch, batch) to the end of ``epochs``."""
         while epoch < epochs:
@@ -154,10 +151,10 @@ class BatchStream:
             source: Iterator[torch.Tensor]
             if self.windows is not None:
                 self.windows.set_epoch(epoch)  # before a loader's workers fork
-            if self.cached is not None and self.windows is not None:
-                source = (self.windows.batch(ix, epoch, self._cached_rows) for ix in chunks)
-            elif self.cached is not None:
-                source = (self.cached.index_select(0, ix) for ix in chunks)
+            if self.cached is not None:
+                rows = functools.partial(self.cached.index_select, 0)  # ix [B] -> cached items [B, ...]
+                windows = self.windows
+                source = (windows.batch(ix, epoch, rows) if windows is not None else rows(ix) for ix in chunks)
             else:
                 source = iter(DataLoader(self.dataset, batch_sampler=[ix.tolist() for ix in chunks],
                                          num_workers=self.workers, pin_memory=self.pin_memory,

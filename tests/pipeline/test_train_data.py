@@ -1,7 +1,9 @@
 """The real batches a training run reads: fixed clips or random windows (``data.crop``)."""
 
+import pytest
 import torch
 
+from pipeline.config import ConfigError, load_config
 from pipeline.dataset import MelDataset, join_crop
 from pipeline.train.data import BatchStream, RandomWindows
 
@@ -47,10 +49,6 @@ def test_random_windows_resume_and_stream_as_they_cache(small_dataset):
 
 
 def test_the_crop_setting_is_checked_by_name(tmp_path):
-    import pytest
-
-    from pipeline.config import ConfigError, load_config
-
     p = tmp_path / "c.yaml"
     p.write_text("data: {crop: random}\n")
     assert load_config(p).data.crop == "random"
