@@ -56,7 +56,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib
+    HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib MLFLOW_DISABLE_TELEMETRY=true
 # a fixed non-root UID (the chart's runAsUser) owning only /data
 RUN groupadd --gid 10001 technogan \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin technogan \

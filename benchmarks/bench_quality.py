@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import re
@@ -249,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if trained is None:  # else --rescore read it
         jobs = [(n, str(dataset), str(out), args.minutes, threads, variants.get(n)) for n in names]
         if args.parallel > 1:
-            with ProcessPoolExecutor(args.parallel) as pool:
+            # spawned, not forked: a child forked while any thread of this process holds a
+            # lock (a name lookup's, the allocator's) waits on it for ever
+            with ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
                 trained = [f.result() for f in [pool.submit(run_contender, *job) for job in jobs]]
         else:
             trained = [run_contender(*job) for job in jobs]

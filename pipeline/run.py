@@ -147,7 +147,8 @@ def step_promote(ctx: RunContext) -> None:
                                       f"run's promotion/listen.html, every evaluated run's listen.html)")
         log.info("promote with listen.html: %.1f s", time.perf_counter() - t0)
     ctx.outputs["champion"] = (f"{ev.registry_model}@{ev.champion_alias} = version {result.version} "
-                               f"(run {result.winner.run_id}, {result.winner.model})")
+                               f"(run {result.winner.run_id}, {result.winner.model}; "
+                               f"{champion_origin(result.winner.run_id, ctx.state.get('train_runs') or {})})")
     ctx.state["champion"] = {"name": ev.registry_model, "alias": ev.champion_alias, "version": result.version,
                              "run_id": result.winner.run_id, "model": result.winner.model}
     path, _ = champion_checkpoint(ctx.out / "champion" / "checkpoint", ev.registry_model, ev.champion_alias,
@@ -162,6 +163,15 @@ def step_promote(ctx: RunContext) -> None:
         ctx.outputs["champion audio"] = f"{ctx.out / 'champion'} ({len(wavs)} WAV files, mels.png, mels.npy)"
     if ev.demo_long_seconds:
         ctx.outputs["champion long piece"] = champion_long_piece(ctx, path)
+
+
+def champion_origin(run_id: str, train_runs: dict[str, str]) -> str:
+    """Where the champion came from: promotion ranks every finished run of the experiment,
+    so a store that outlives one demo can crown a run an earlier demo trained."""
+    label = next((k for k, v in train_runs.items() if v == run_id), None)
+    if label is not None:
+        return f"trained by this run: {label}"
+    return "trained by an earlier run in this tracking store, ahead of this run's"
 
 
 def champion_long_piece(ctx: RunContext, checkpoint: Path) -> str:

@@ -1,3 +1,12 @@
 """MLflow tracking: the only package that imports mlflow (runs.py for training runs,
 registry.py for promotion, models.py and generator_pyfunc.py for the generator as an
 MLflow model, evaluation.py for scores). See tracking.runs for the run layout."""
+
+import os
+
+# `import mlflow` starts a telemetry thread that fetches a config over HTTPS. This tool
+# runs offline and on clusters and sends nothing; and a process forked while that thread
+# waits in a name lookup inherits glibc's lock held: bench_quality's three training
+# workers hung in getpwuid for 20 minutes that way. It must be set before anything here
+# imports mlflow; MLFLOW_DISABLE_TELEMETRY=false in the environment turns it back on.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -118,6 +118,14 @@ def test_generate_cli_from_a_run_and_bad_formats(tmp_path, monkeypatch, capsys):
         parse_formats("png,mp4")
 
 
+def test_the_summary_says_whether_the_champion_was_trained_by_this_run():
+    from pipeline.run import champion_origin
+
+    assert champion_origin("r2", {"dcgan1": "r1", "laptop": "r2"}) == "trained by this run: laptop"
+    assert "earlier run" in champion_origin("r0", {"dcgan1": "r1", "laptop": "r2"})
+    assert "earlier run" in champion_origin("r0", {})
+
+
 def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_dataset, monkeypatch):
     from pipeline.run import RunContext, step_evaluate, step_promote
     from tracking.runs import get_client
@@ -143,6 +151,7 @@ def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_data
     fds = {m: client.get_run(r).data.metrics["eval.fd_learned"] for m, r in runs.items()}
     assert champion["run_id"] == runs[min(fds, key=fds.get)]
     assert champion["name"] == "technogan-generator" and champion["version"] == "1"
+    assert ctx.outputs["champion"].endswith(f"trained by this run: {champion['model']})")
     out = Path(ctx.out)
     assert (out / "evaluation" / "comparison.md").is_file()
     assert sorted(p.name for p in (out / "champion").glob("clip-*.wav")) == ["clip-000.wav", "clip-001.wav"]
