@@ -222,11 +222,12 @@ def test_a_named_run_with_a_preset_trains_the_recipe_on_this_configs_data_and_tr
         (recipe.train.loss, recipe.model.spectral_norm, recipe.data.normalize, recipe.train.ema_decay)
     # ...on this config's data, tracking and mel, with the entry's budget and overrides applied last
     assert (run.train.dataset, run.tracking.experiment, run.mel) == ("/data/x", "mine", base.mel)
-    assert (run.train.max_minutes, run.train.max_steps, run.train.score_every) == (5.0, 700, 175)
-    # the quickstart's own widths, Dropout and learning rate are not the recipe's: the recipe's win
-    assert (run.model.g_width, run.model.g_dropout, run.train.lr_g) == \
-        (recipe.model.g_width, recipe.model.g_dropout, recipe.train.lr_g) == (24, 0.0, 6e-4)
-    assert (base.model.g_width, base.model.g_dropout, base.train.lr_g) == (16, 0.2, None)
+    assert (run.train.max_minutes, run.train.max_steps, run.train.score_every) == (5.0, 500, 125)
+    assert (run.model.g_width, run.model.d_width, recipe.model.g_width) == (16, 16, 24)  # the entry's, not the recipe's
+    # the quickstart's own Dropout, learning rate and layout are not the recipe's: the recipe's win
+    assert (run.model.g_dropout, run.train.lr_g, run.train.channels_last) == \
+        (recipe.model.g_dropout, recipe.train.lr_g, recipe.train.channels_last) == (0.0, 6e-4, True)
+    assert (base.model.g_dropout, base.train.lr_g, base.train.channels_last) == (0.2, None, False)
     assert (run.train.amp, base.train.amp) == (recipe.train.amp, True) == ("auto", True)  # the study runs: float32 on CPU
     assert base.model.name == "dcgan1" and run.model.name == "dcgan2"
     assert (run.model.d_time_branch, run.train.ema_decay, base.model.d_time_branch) == (True, 0.995, False)
