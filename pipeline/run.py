@@ -148,7 +148,7 @@ def step_promote(ctx: RunContext) -> None:
         log.info("promote with listen.html: %.1f s", time.perf_counter() - t0)
     ctx.outputs["champion"] = (f"{ev.registry_model}@{ev.champion_alias} = version {result.version} "
                                f"(run {result.winner.run_id}, {result.winner.model}; "
-                               f"{champion_origin(result.winner.run_id, ctx.state.get('train_runs') or {})})")
+                               f"{champion_origin(run_label(ctx, result.winner.run_id))})")
     ctx.state["champion"] = {"name": ev.registry_model, "alias": ev.champion_alias, "version": result.version,
                              "run_id": result.winner.run_id, "model": result.winner.model}
     path, _ = champion_checkpoint(ctx.out / "champion" / "checkpoint", ev.registry_model, ev.champion_alias,
@@ -165,10 +165,14 @@ def step_promote(ctx: RunContext) -> None:
         ctx.outputs["champion long piece"] = champion_long_piece(ctx, path)
 
 
-def champion_origin(run_id: str, train_runs: dict[str, str]) -> str:
-    """Where the champion came from: promotion ranks every finished run of the experiment,
-    so a store that outlives one demo can crown a run an earlier demo trained."""
-    label = next((k for k, v in train_runs.items() if v == run_id), None)
+def run_label(ctx: RunContext, run_id: str | None) -> str | None:
+    """The label under which this run trained MLflow run ``run_id``; None for a run it did
+    not train (promotion ranks every finished run of the experiment, earlier ones too)."""
+    return next((k for k, v in (ctx.state.get("train_runs") or {}).items() if v == run_id), None)
+
+
+def champion_origin(label: str | None) -> str:
+    """The summary's word on where the champion came from, given ``run_label`` of it."""
     if label is not None:
         return f"trained by this run: {label}"
     return "trained by an earlier run in this tracking store, ahead of this run's"
@@ -200,8 +204,7 @@ def champion_quality(ctx: RunContext, checkpoint: Path) -> str:
 
     cfg = ctx.config.evaluate
     # the evaluate step's report of the champion when there is one: scoring it again would give the same
-    champion_run = (ctx.state.get("champion") or {}).get("run_id")
-    label = next((k for k, v in (ctx.state.get("train_runs") or {}).items() if v == champion_run), None)
+    label = run_label(ctx, (ctx.state.get("champion") or {}).get("run_id"))
     report = ctx.out / "evaluation" / str(label) / "report.json"
     if label and report.is_file():
         saved = json.loads(report.read_text())

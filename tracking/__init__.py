@@ -5,8 +5,8 @@ MLflow model, evaluation.py for scores). See tracking.runs for the run layout.""
 import os
 
 # `import mlflow` starts a telemetry thread that fetches a config over HTTPS. This tool
-# runs offline and on clusters and sends nothing; and a process forked while that thread
-# waits in a name lookup inherits glibc's lock held: bench_quality's three training
-# workers hung in getpwuid for 20 minutes that way. It must be set before anything here
+# runs offline and on clusters and sends nothing; and bench_quality's three forked
+# training workers hung in getpwuid for 20 minutes, most likely on a name-lookup lock
+# that thread held at the fork (where they stood; not reproduced). It must be set before anything here
 # imports mlflow; MLFLOW_DISABLE_TELEMETRY=false in the environment turns it back on.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -118,12 +118,15 @@ def test_generate_cli_from_a_run_and_bad_formats(tmp_path, monkeypatch, capsys):
         parse_formats("png,mp4")
 
 
-def test_the_summary_says_whether_the_champion_was_trained_by_this_run():
-    from pipeline.run import champion_origin
+def test_the_summary_says_whether_the_champion_was_trained_by_this_run(tmp_path):
+    from pipeline.run import RunContext, champion_origin, run_label
 
-    assert champion_origin("r2", {"dcgan1": "r1", "laptop": "r2"}) == "trained by this run: laptop"
-    assert "earlier run" in champion_origin("r0", {"dcgan1": "r1", "laptop": "r2"})
-    assert "earlier run" in champion_origin("r0", {})
+    ctx = RunContext(config=load_config(None), out=tmp_path)
+    assert run_label(ctx, "r2") is None  # nothing trained yet
+    ctx.state["train_runs"] = {"dcgan1": "r1", "laptop": "r2"}
+    assert (run_label(ctx, "r2"), run_label(ctx, "r0"), run_label(ctx, None)) == ("laptop", None, None)
+    assert champion_origin(run_label(ctx, "r2")) == "trained by this run: laptop"
+    assert "earlier run" in champion_origin(run_label(ctx, "r0"))
 
 
 def test_run_steps_evaluate_promote_and_render_the_champion(tmp_path, small_dataset, monkeypatch):
