@@ -7,6 +7,7 @@ import os
 # `import mlflow` starts a telemetry thread that fetches a config over HTTPS. This tool
 # runs offline and on clusters and sends nothing; and bench_quality's three forked
 # training workers hung in getpwuid for 20 minutes, most likely on a name-lookup lock
-# that thread held at the fork (where they stood; not reproduced). It must be set before anything here
-# imports mlflow; MLFLOW_DISABLE_TELEMETRY=false in the environment turns it back on.
+# that thread held at the fork (where they stood; not reproduced). It must be set
+# before anything here imports mlflow; MLFLOW_DISABLE_TELEMETRY=false in the
+# environment turns it back on.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
